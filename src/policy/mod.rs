@@ -1,0 +1,262 @@
+//! Policy: what an operator tunes live. YAML files become a `PolicySpec` (spec.rs), which
+//! `compile` turns into an immutable `Policy` with matchers built ahead of time; the `PolicyStore`
+//! swaps whole policies atomically, and `watch` reloads on file changes and SIGHUP.
+//!
+//! Nothing here touches the network or a request: the proxy reads a `Policy` snapshot.
+
+pub mod compile;
+pub mod matcher;
+pub mod spec;
+pub mod store;
+pub mod units;
+pub mod watch;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, HeaderValue, Method};
+use ipnet::IpNet;
+
+pub use compile::{load, CompileError, LoadError};
+pub use matcher::RouteMatch;
+pub use spec::Mode;
+pub use store::PolicyStore;
+
+/// A compiled, validated policy. Immutable; replaced whole on reload.
+#[derive(Debug)]
+pub struct Policy {
+    /// SHA-256 of the source files' bytes, in order.
+    pub hash: String,
+    pub sources: Vec<std::path::PathBuf>,
+    pub loaded_at: SystemTime,
+    pub upstream: Upstream,
+    pub server: Server,
+    pub routes: Vec<Arc<Route>>,
+    /// Response headers from `defaults`, for answers given before a route is known (400, 404).
+    pub default_response_headers: HeaderRules,
+    /// Every distinct rate limit (by name), for the RateLimit-Policy header and metrics.
+    pub rate_limit_names: Vec<Arc<str>>,
+}
+
+#[derive(Debug)]
+pub struct Upstream {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Path prefix from the URL, without trailing slash ("" for none).
+    pub path_prefix: String,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct Server {
+    pub trusted_proxies: Vec<IpNet>,
+    pub header_read_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub max_concurrent_streams: u32,
+    pub rate_limit_max_keys: usize,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub matcher: RouteMatch,
+    pub deny: Option<Deny>,
+    pub limits: RequestLimits,
+    pub request_headers: HeaderRules,
+    pub response_headers: HeaderRules,
+    pub cors: Option<Cors>,
+    pub rate_limits: Vec<RateLimit>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Deny {
+    pub status: http::StatusCode,
+    pub mode: Mode,
+}
+
+#[derive(Debug)]
+pub struct RequestLimits {
+    pub max_body: u64,
+    pub max_url: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub max_total_header_bytes: usize,
+    pub methods: Vec<Method>,
+    /// Lower-case media types without parameters; empty means any.
+    pub content_types: Vec<String>,
+    pub mode: Mode,
+}
+
+#[derive(Debug, Default)]
+pub struct HeaderRules {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+#[derive(Debug)]
+pub struct Cors {
+    pub origins: Vec<OriginPattern>,
+    pub allow_methods: Vec<Method>,
+    /// Lower-case names.
+    pub allow_headers: Vec<HeaderName>,
+    /// Pre-joined values for the response headers.
+    pub allow_methods_value: HeaderValue,
+    pub allow_headers_value: Option<HeaderValue>,
+    pub expose_headers_value: Option<HeaderValue>,
+    pub allow_credentials: bool,
+    pub max_age_value: HeaderValue,
+}
+
+#[derive(Debug, Clone)]
+pub enum OriginPattern {
+    Exact(String),
+    /// `scheme://*.suffix`: stores scheme and `.suffix`.
+    Subdomain {
+        scheme: String,
+        suffix: String,
+    },
+    Any,
+}
+
+impl OriginPattern {
+    pub fn matches(&self, origin: &str) -> bool {
+        match self {
+            OriginPattern::Any => true,
+            OriginPattern::Exact(o) => o.eq_ignore_ascii_case(origin),
+            OriginPattern::Subdomain { scheme, suffix } => {
+                let Some(rest) = origin
+                    .strip_prefix(scheme.as_str())
+                    .and_then(|r| r.strip_prefix("://"))
+                else {
+                    return false;
+                };
+                let rest = rest.to_ascii_lowercase();
+                rest.len() > suffix.len()
+                    && rest.ends_with(suffix.as_str())
+                    && !rest[..rest.len() - suffix.len()].contains(['/', '@', '.'])
+            }
+        }
+    }
+}
+
+/// What a rate limit counts by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateKey {
+    Ip,
+    IpUserAgent,
+    Route,
+    Header(HeaderName),
+}
+
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub name: Arc<str>,
+    pub key: RateKey,
+    pub limit: u32,
+    pub period: Duration,
+    pub mode: Mode,
+    /// `"name";q=limit;w=seconds`, ready for the RateLimit-Policy header.
+    pub policy_item: String,
+}
+
+impl Policy {
+    /// First route that matches, with its index.
+    pub fn route_for(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+    ) -> Option<&Arc<Route>> {
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches(method, host, path))
+    }
+}
+
+/// The JSON Schema of a policy file, generated from the spec types so it cannot drift.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(spec::PolicySpec);
+    serde_json::to_string_pretty(&schema).expect("a schema serializes")
+}
+
+/// A human-readable account of what applies to a request (for `ward explain`).
+pub fn explain(policy: &Policy, method: &Method, host: Option<&str>, path: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let Some(r) = policy.route_for(method, host, path) else {
+        let _ = writeln!(
+            out,
+            "no route matches {method} {path}: 404 (urn:ward:problem:no-route)"
+        );
+        return out;
+    };
+    let _ = writeln!(out, "route: {}", r.name);
+    if let Some(d) = r.deny {
+        let _ = writeln!(out, "deny: {} ({:?} mode)", d.status, d.mode);
+    }
+    let l = &r.limits;
+    let _ = writeln!(
+        out,
+        "limits ({:?}): max_body={}B max_url={}B max_headers={} max_header_bytes={}B max_total_header_bytes={}B",
+        l.mode, l.max_body, l.max_url, l.max_headers, l.max_header_bytes, l.max_total_header_bytes
+    );
+    let _ = writeln!(
+        out,
+        "methods: {}",
+        l.methods
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "content types: {}",
+        if l.content_types.is_empty() {
+            "any".to_owned()
+        } else {
+            l.content_types.join(", ")
+        }
+    );
+    if r.rate_limits.is_empty() {
+        let _ = writeln!(out, "rate limits: none (exempt)");
+    }
+    for rl in &r.rate_limits {
+        let _ = writeln!(
+            out,
+            "rate limit {}: {} per {} by {:?} ({:?})",
+            rl.name,
+            rl.limit,
+            humantime::format_duration(rl.period),
+            rl.key,
+            rl.mode
+        );
+    }
+    for (n, v) in &r.response_headers.set {
+        let _ = writeln!(
+            out,
+            "response header: {n}: {}",
+            v.to_str().unwrap_or("<binary>")
+        );
+    }
+    for n in &r.response_headers.remove {
+        let _ = writeln!(out, "response header removed: {n}");
+    }
+    match &r.cors {
+        Some(c) => {
+            let _ = writeln!(
+                out,
+                "cors: {} origin pattern(s), methods {}, credentials {}",
+                c.origins.len(),
+                c.allow_methods_value.to_str().unwrap_or(""),
+                c.allow_credentials
+            );
+        }
+        None => {
+            let _ = writeln!(out, "cors: not handled at the proxy");
+        }
+    }
+    out
+}

@@ -1,0 +1,555 @@
+//! The HTTP/1 framing guard: a strict scanner between TLS and hyper that refuses, with a 400
+//! problem+json of its own, the request heads that lenient parsers disagree on and smuggling
+//! relies on: bare LF line endings, control characters (NUL), obsolete line folding,
+//! Content-Length together with Transfer-Encoding, repeated or non-numeric Content-Length, any
+//! Transfer-Encoding other than exactly `chunked`, missing or repeated Host, and malformed chunk
+//! framing. hyper would accept some of these (bare LF) or silently repair others (CL with TE), so
+//! the guard sees the bytes first. It tracks body framing only to find where the next head starts.
+//!
+//! A refused head never reaches hyper, so it never reaches the pipeline or the upstream.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::rejection::FramingFault;
+
+/// Largest request head the guard lets through (per-route limits are lower; this stops hoarding).
+pub const MAX_HEAD: usize = 96 * 1024;
+/// Most header lines in one head.
+pub const MAX_HEADER_LINES: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Framing(FramingFault),
+    HeadTooLarge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Head,
+    Body(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkEndCr,
+    ChunkEndLf,
+    Trailer,
+    Failed,
+}
+
+/// The byte-level state machine, independent of any socket.
+#[derive(Debug)]
+pub struct Scanner {
+    state: State,
+    line: Vec<u8>,
+    head_bytes: usize,
+    lines: usize,
+    request_line_seen: bool,
+    http11: bool,
+    content_length: Option<u64>,
+    te_count: usize,
+    te_chunked: bool,
+    hosts: usize,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Scanner::new()
+    }
+}
+
+impl Scanner {
+    pub fn new() -> Scanner {
+        Scanner {
+            state: State::Head,
+            line: Vec::with_capacity(256),
+            head_bytes: 0,
+            lines: 0,
+            request_line_seen: false,
+            http11: false,
+            content_length: None,
+            te_count: 0,
+            te_chunked: false,
+            hosts: 0,
+        }
+    }
+
+    /// True while between requests or inside a head (nothing of a body pending).
+    pub fn in_head(&self) -> bool {
+        self.state == State::Head
+    }
+
+    /// Scans `data`. On a fault, returns it with the offset where the faulty head began in `data`
+    /// (0 if it began in an earlier call), so the bytes before it can still be delivered.
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), (usize, Fault)> {
+        let mut head_start = 0usize;
+        let mut i = 0;
+        while i < data.len() {
+            match self.state {
+                State::Failed => {
+                    return Err((head_start, Fault::Framing(FramingFault::MalformedHead)))
+                }
+                State::Body(n) => {
+                    let take = (data.len() - i).min(usize::try_from(n).unwrap_or(usize::MAX));
+                    i += take;
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        self.reset_head()
+                    } else {
+                        State::Body(left)
+                    };
+                    if left == 0 {
+                        head_start = i;
+                    }
+                }
+                State::ChunkData(n) => {
+                    let take = (data.len() - i).min(usize::try_from(n).unwrap_or(usize::MAX));
+                    i += take;
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        State::ChunkEndCr
+                    } else {
+                        State::ChunkData(left)
+                    };
+                }
+                State::ChunkEndCr | State::ChunkEndLf => {
+                    let want = if self.state == State::ChunkEndCr {
+                        b'\r'
+                    } else {
+                        b'\n'
+                    };
+                    if data[i] != want {
+                        return self.fail(head_start, Fault::Framing(FramingFault::BadChunk));
+                    }
+                    i += 1;
+                    self.state = if want == b'\r' {
+                        State::ChunkEndLf
+                    } else {
+                        State::ChunkSize
+                    };
+                }
+                State::Head | State::ChunkSize | State::Trailer => {
+                    let b = data[i];
+                    i += 1;
+                    if self.state == State::Head {
+                        self.head_bytes += 1;
+                        if self.head_bytes > MAX_HEAD {
+                            return self.fail(head_start, Fault::HeadTooLarge);
+                        }
+                    } else if self.line.len() > 4096 {
+                        return self.fail(head_start, Fault::Framing(FramingFault::BadChunk));
+                    }
+                    if b != b'\n' {
+                        if (b < 0x20 && b != b'\t' && b != b'\r') || b == 0x7f {
+                            return self
+                                .fail(head_start, Fault::Framing(FramingFault::ControlCharacter));
+                        }
+                        self.line.push(b);
+                        continue;
+                    }
+                    if self.line.pop() != Some(b'\r') {
+                        return self.fail(head_start, Fault::Framing(FramingFault::BareLineFeed));
+                    }
+                    if self.line.contains(&b'\r') {
+                        return self
+                            .fail(head_start, Fault::Framing(FramingFault::ControlCharacter));
+                    }
+                    let line = std::mem::take(&mut self.line);
+                    let r = match self.state {
+                        State::Head => self.head_line(&line),
+                        State::ChunkSize => self.chunk_size_line(&line),
+                        _ => {
+                            if line.is_empty() {
+                                self.state = self.reset_head();
+                                head_start = i;
+                            }
+                            Ok(())
+                        }
+                    };
+                    self.line = line;
+                    self.line.clear();
+                    if let Err(f) = r {
+                        return self.fail(head_start, f);
+                    }
+                    if self.state == State::Head && self.head_bytes == 0 {
+                        // A head just ended with no body: the next head starts here.
+                        head_start = i;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, head_start: usize, fault: Fault) -> Result<(), (usize, Fault)> {
+        self.state = State::Failed;
+        Err((head_start, fault))
+    }
+
+    fn reset_head(&mut self) -> State {
+        self.head_bytes = 0;
+        self.lines = 0;
+        self.request_line_seen = false;
+        self.http11 = false;
+        self.content_length = None;
+        self.te_count = 0;
+        self.te_chunked = false;
+        self.hosts = 0;
+        State::Head
+    }
+
+    fn head_line(&mut self, line: &[u8]) -> Result<(), Fault> {
+        use FramingFault::*;
+        if !self.request_line_seen {
+            if line.is_empty() {
+                // Empty lines before a request line are tolerated (RFC 9112 2.2), but not many.
+                self.lines += 1;
+                return if self.lines > 4 {
+                    Err(Fault::Framing(MalformedHead))
+                } else {
+                    Ok(())
+                };
+            }
+            let mut parts = line.split(|&b| b == b' ');
+            let (Some(method), Some(target), Some(version), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(Fault::Framing(MalformedHead));
+            };
+            if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) || target.is_empty() {
+                return Err(Fault::Framing(MalformedHead));
+            }
+            self.http11 = match version {
+                b"HTTP/1.1" => true,
+                b"HTTP/1.0" => false,
+                _ => return Err(Fault::Framing(MalformedHead)),
+            };
+            self.request_line_seen = true;
+            self.lines = 0;
+            return Ok(());
+        }
+        if line.is_empty() {
+            return self.end_of_head();
+        }
+        self.lines += 1;
+        if self.lines > MAX_HEADER_LINES {
+            return Err(Fault::HeadTooLarge);
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            return Err(Fault::Framing(ObsoleteLineFolding));
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Err(Fault::Framing(MalformedHead));
+        };
+        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return Err(Fault::Framing(MalformedHead));
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if self.content_length.is_some()
+                || value.is_empty()
+                || value.len() > 18
+                || !value.iter().all(u8::is_ascii_digit)
+            {
+                return Err(Fault::Framing(BadContentLength));
+            }
+            let n = std::str::from_utf8(value)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or(Fault::Framing(BadContentLength))?;
+            self.content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.te_count += 1;
+            self.te_chunked = value.eq_ignore_ascii_case(b"chunked");
+        } else if name.eq_ignore_ascii_case(b"host") {
+            self.hosts += 1;
+        }
+        Ok(())
+    }
+
+    fn end_of_head(&mut self) -> Result<(), Fault> {
+        use FramingFault::*;
+        if self.te_count > 0 && self.content_length.is_some() {
+            return Err(Fault::Framing(ConflictingLength));
+        }
+        if self.te_count > 1 || (self.te_count == 1 && (!self.te_chunked || !self.http11)) {
+            return Err(Fault::Framing(BadTransferEncoding));
+        }
+        if self.hosts > 1 {
+            return Err(Fault::Framing(DuplicateHost));
+        }
+        if self.http11 && self.hosts == 0 {
+            return Err(Fault::Framing(MissingHost));
+        }
+        self.state = if self.te_count == 1 {
+            State::ChunkSize
+        } else {
+            match self.content_length {
+                Some(n) if n > 0 => State::Body(n),
+                _ => self.reset_head(),
+            }
+        };
+        Ok(())
+    }
+
+    fn chunk_size_line(&mut self, line: &[u8]) -> Result<(), Fault> {
+        let size = line.split(|&b| b == b';').next().unwrap_or_default();
+        if size.is_empty() || size.len() > 15 || !size.iter().all(u8::is_ascii_hexdigit) {
+            return Err(Fault::Framing(FramingFault::BadChunk));
+        }
+        let n = u64::from_str_radix(
+            std::str::from_utf8(size).map_err(|_| Fault::Framing(FramingFault::BadChunk))?,
+            16,
+        )
+        .map_err(|_| Fault::Framing(FramingFault::BadChunk))?;
+        self.state = if n == 0 {
+            State::Trailer
+        } else {
+            State::ChunkData(n)
+        };
+        Ok(())
+    }
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// Wraps a client stream; refuses bad heads itself and hands hyper only what the scanner passed.
+pub struct Guard<IO> {
+    io: IO,
+    scanner: Scanner,
+    reply: Option<(Vec<u8>, usize)>,
+    on_fault: Box<dyn Fn(Fault) -> Vec<u8> + Send>,
+    closed: bool,
+}
+
+impl<IO> Guard<IO> {
+    /// `on_fault` builds the full HTTP/1.1 response to write when a head is refused.
+    pub fn new(io: IO, on_fault: Box<dyn Fn(Fault) -> Vec<u8> + Send>) -> Guard<IO> {
+        Guard {
+            io,
+            scanner: Scanner::new(),
+            reply: None,
+            on_fault,
+            closed: false,
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Guard<IO> {
+    /// Writes the refusal, then closes; reports end of stream to hyper.
+    fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some((buf, written)) = &mut self.reply {
+            while *written < buf.len() {
+                let n = ready!(Pin::new(&mut self.io).poll_write(cx, &buf[*written..]))?;
+                if n == 0 {
+                    break;
+                }
+                *written += n;
+            }
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            if !self.closed {
+                let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+                self.closed = true;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.reply.is_some() {
+            return this.poll_reply(cx);
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        let fresh = &buf.filled()[before..];
+        if fresh.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let was_in_head = this.scanner.in_head();
+        match this.scanner.feed(fresh) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err((_, Fault::Framing(FramingFault::BadChunk))) if !was_in_head => {
+                // Mid-body: the pipeline is reading this body (bounded, before forwarding) and
+                // answers 400 when it fails; the connection ends here.
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "malformed chunked framing",
+                )))
+            }
+            Err((head_start, fault)) => {
+                buf.set_filled(before + head_start);
+                this.reply = Some(((this.on_fault)(fault), 0));
+                if head_start > 0 {
+                    Poll::Ready(Ok(()))
+                } else {
+                    this.poll_reply(cx)
+                }
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guard<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.reply.is_some() {
+            // The refusal owns the socket now.
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "connection refused by framing guard",
+            )));
+        }
+        Pin::new(&mut this.io).poll_write(cx, data)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.reply.is_some() {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "connection refused by framing guard",
+            )));
+        }
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.closed {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan(bytes: &[u8]) -> Result<(), Fault> {
+        Scanner::new().feed(bytes).map_err(|(_, f)| f)
+    }
+    fn framing(f: FramingFault) -> Result<(), Fault> {
+        Err(Fault::Framing(f))
+    }
+
+    #[test]
+    fn well_formed_requests_pass_in_any_split() {
+        let req = b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nT: 1\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /c HTTP/1.0\r\n\r\n";
+        assert_eq!(scan(req), Ok(()));
+        for split in 1..req.len() {
+            let mut s = Scanner::new();
+            assert!(s.feed(&req[..split]).is_ok(), "split {split}");
+            assert!(s.feed(&req[split..]).is_ok(), "split {split}");
+            assert!(s.in_head());
+        }
+    }
+
+    #[test]
+    fn smuggling_shapes_are_refused() {
+        assert_eq!(
+            scan(b"GET / HTTP/1.1\nHost: x\r\n\r\n"),
+            framing(FramingFault::BareLineFeed)
+        );
+        assert_eq!(
+            scan(b"GET / HTTP/1.1\r\nHost: x\r\nX: a\0b\r\n\r\n"),
+            framing(FramingFault::ControlCharacter)
+        );
+        assert_eq!(scan(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"), framing(FramingFault::ConflictingLength));
+        assert_eq!(
+            scan(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n"),
+            framing(FramingFault::BadTransferEncoding)
+        );
+        assert_eq!(scan(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"), framing(FramingFault::BadTransferEncoding));
+        assert_eq!(
+            scan(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n"),
+            framing(FramingFault::BadTransferEncoding)
+        );
+        assert_eq!(
+            scan(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"),
+            framing(FramingFault::BadContentLength)
+        );
+        assert_eq!(
+            scan(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n"),
+            framing(FramingFault::BadContentLength)
+        );
+        assert_eq!(
+            scan(b"GET / HTTP/1.1\r\n\r\n"),
+            framing(FramingFault::MissingHost)
+        );
+        assert_eq!(
+            scan(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            framing(FramingFault::DuplicateHost)
+        );
+        assert_eq!(
+            scan(b"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n  folded\r\n\r\n"),
+            framing(FramingFault::ObsoleteLineFolding)
+        );
+        assert_eq!(
+            scan(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+            framing(FramingFault::BadChunk)
+        );
+        assert_eq!(
+            scan(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX"),
+            framing(FramingFault::BadChunk)
+        );
+        assert_eq!(
+            scan(b"GET / HTTP/1.1 extra\r\nHost: x\r\n\r\n"),
+            framing(FramingFault::MalformedHead)
+        );
+    }
+
+    #[test]
+    fn a_fault_in_the_second_request_points_at_its_head() {
+        let first = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nok";
+        let mut data = first.to_vec();
+        data.extend_from_slice(b"GET / HTTP/1.1\nHost: x\r\n\r\n");
+        let err = Scanner::new().feed(&data).unwrap_err();
+        assert_eq!(
+            err,
+            (first.len(), Fault::Framing(FramingFault::BareLineFeed))
+        );
+    }
+
+    #[test]
+    fn oversized_heads_are_refused() {
+        let mut data = b"GET / HTTP/1.1\r\nHost: x\r\nX: ".to_vec();
+        data.extend(std::iter::repeat_n(b'a', MAX_HEAD));
+        assert_eq!(scan(&data), Err(Fault::HeadTooLarge));
+    }
+}

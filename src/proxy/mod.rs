@@ -1,0 +1,364 @@
+//! `ward proxy`: the transport around the pipeline. Accept, TLS handshake (with a deadline),
+//! HTTP/1.1 or HTTP/2 by ALPN through hyper-util's auto server, connection caps, the HTTP/1
+//! framing guard, graceful drain; plus the reload tasks for policy and certificates, the admin
+//! listener and the optional plain-HTTP redirect listener. Security decisions on requests live
+//! in `pipeline`; this module only hands it connection facts.
+
+pub mod admin;
+pub mod guard;
+pub mod pipeline;
+pub mod redirect;
+pub mod rejection;
+pub mod stage;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::limit::{Limiter, MemoryLimiter};
+use crate::policy::{store::Reloaded, watch, PolicyStore};
+use crate::telemetry::Metrics;
+use crate::tls::CertStore;
+pub use pipeline::{ConnInfo, Shared};
+
+/// Everything `run` needs, already bound and loaded (start-up errors happen before this).
+pub struct Proxy {
+    pub listener: TcpListener,
+    pub admin: TcpListener,
+    pub redirect: Option<TcpListener>,
+    pub policy: Arc<PolicyStore>,
+    pub certs: Arc<CertStore>,
+    pub metrics: Metrics,
+    /// Longest wait for in-flight requests after shutdown starts.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot watch {what} for changes: {source}")]
+    Watch {
+        what: &'static str,
+        #[source]
+        source: notify::Error,
+    },
+    #[error("cannot read a listener address: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serves until `shutdown` resolves, then drains (up to `drain_timeout`) and returns.
+pub async fn run(proxy: Proxy, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
+    let first = proxy.policy.snapshot();
+    proxy.metrics.set_policy(&first.hash);
+    let shared = Arc::new(Shared {
+        limiter: Limiter::Memory(MemoryLimiter::new(
+            first.server.rate_limit_max_keys,
+            proxy.metrics.rate_limit_keys_evicted.clone(),
+        )),
+        policy: proxy.policy.clone(),
+        metrics: proxy.metrics.clone(),
+        client: upstream::client(),
+        draining: AtomicBool::new(false),
+    });
+    drop(first);
+    let acceptor = TlsAcceptor::from(crate::tls::server_config(proxy.certs.clone())?);
+    let https_port = proxy.listener.local_addr()?.port();
+
+    // Reload tasks: policy (directory watch + SIGHUP) and certificates (directory watch).
+    let policy_dir = watch::watch_dir(proxy.policy.path());
+    let (_policy_watcher, policy_rx) =
+        watch::watch(&[policy_dir]).map_err(|source| ProxyError::Watch {
+            what: "the policy directory",
+            source,
+        })?;
+    let reloader = tokio::spawn(reload_policy(shared.clone(), policy_rx));
+    let mut cert_watcher = None;
+    let mut cert_task = None;
+    if let Some(paths) = proxy.certs.paths() {
+        let mut dirs = vec![watch::watch_dir(&paths.cert)];
+        let key_dir = watch::watch_dir(&paths.key);
+        if !dirs.contains(&key_dir) {
+            dirs.push(key_dir);
+        }
+        let (w, rx) = watch::watch(&dirs).map_err(|source| ProxyError::Watch {
+            what: "the certificate directory",
+            source,
+        })?;
+        cert_watcher = Some(w);
+        cert_task = Some(tokio::spawn(reload_certs(
+            proxy.certs.clone(),
+            proxy.metrics.clone(),
+            rx,
+        )));
+    }
+    let admin_task = tokio::spawn(admin::serve(proxy.admin, shared.clone()));
+    let redirect_task = proxy
+        .redirect
+        .map(|l| tokio::spawn(redirect::serve(l, https_port)));
+
+    tracing::info!(listen = %proxy.listener.local_addr()?, policy = %proxy.policy.path().display(), "ward proxy serving");
+    let graceful = GracefulShutdown::new();
+    let open = Arc::new(AtomicUsize::new(0));
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = proxy.listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let max = shared.policy.snapshot().server.max_connections;
+                if open.load(Ordering::Relaxed) >= max {
+                    shared.metrics.connections_refused.with_label_values(&["max_connections"]).inc();
+                    drop(tcp);
+                    continue;
+                }
+                let slot = ConnSlot::new(open.clone(), shared.metrics.open_connections.clone());
+                tokio::spawn(serve_connection(tcp, peer, acceptor.clone(), shared.clone(), graceful.watcher(), slot));
+            }
+            () = &mut shutdown => break,
+        }
+    }
+
+    // Drain: readiness off, no new connections, in-flight requests finish up to the deadline.
+    shared.draining.store(true, Ordering::SeqCst);
+    drop(proxy.listener);
+    tracing::info!(connections = graceful.count(), "draining");
+    if tokio::time::timeout(proxy.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(timeout = ?proxy.drain_timeout, "drain deadline passed; closing remaining connections");
+    }
+    reloader.abort();
+    if let Some(t) = cert_task {
+        t.abort();
+    }
+    drop(cert_watcher);
+    admin_task.abort();
+    if let Some(t) = redirect_task {
+        t.abort();
+    }
+    tracing::info!("ward proxy stopped");
+    Ok(())
+}
+
+/// Counts an open connection for as long as it lives.
+struct ConnSlot {
+    open: Arc<AtomicUsize>,
+    gauge: prometheus::IntGauge,
+}
+
+impl ConnSlot {
+    fn new(open: Arc<AtomicUsize>, gauge: prometheus::IntGauge) -> ConnSlot {
+        open.fetch_add(1, Ordering::Relaxed);
+        gauge.inc();
+        ConnSlot { open, gauge }
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared>,
+    watcher: Watcher,
+    _slot: ConnSlot,
+) {
+    let _ = tcp.set_nodelay(true);
+    let server = {
+        let p = shared.policy.snapshot();
+        (
+            p.server.handshake_timeout,
+            p.server.header_read_timeout,
+            p.server.max_concurrent_streams,
+        )
+    };
+    let (handshake_timeout, header_read_timeout, max_streams) = server;
+    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            shared.metrics.tls_handshake_errors.inc();
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            shared.metrics.tls_handshake_errors.inc();
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let info = ConnInfo {
+        peer,
+        proto: if h2 { "h2" } else { "http/1.1" },
+    };
+    let svc_shared = shared.clone();
+    let service = service_fn(move |req| pipeline::handle(svc_shared.clone(), info, req));
+    let result = if h2 {
+        let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(max_streams)
+            .max_header_list_size(64 * 1024)
+            // Rapid reset (CVE-2023-44487) and its server-side twin: cap resets, then GOAWAY.
+            .max_pending_accept_reset_streams(Some(20))
+            .max_local_error_reset_streams(Some(64))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(10));
+        watcher
+            .watch(builder.serve_connection(TokioIo::new(tls), service))
+            .await
+    } else {
+        let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .max_buf_size(guard::MAX_HEAD + 16 * 1024)
+            .max_headers(guard::MAX_HEADER_LINES + 8);
+        let fault_shared = shared.clone();
+        let io = guard::Guard::new(
+            tls,
+            Box::new(move |fault| guard_reply(&fault_shared, fault)),
+        );
+        watcher
+            .watch(builder.serve_connection(TokioIo::new(io), service))
+            .await
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// The raw HTTP/1.1 response the framing guard writes: problem+json plus the default headers.
+fn guard_reply(shared: &Shared, fault: guard::Fault) -> Vec<u8> {
+    use rejection::Rejection;
+    let rejection = match fault {
+        guard::Fault::Framing(f) => Rejection::Framing(f),
+        guard::Fault::HeadTooLarge => Rejection::HeadersTooLarge,
+    };
+    let reason = match fault {
+        guard::Fault::Framing(f) => f.as_str(),
+        guard::Fault::HeadTooLarge => "head_too_large",
+    };
+    shared
+        .metrics
+        .framing_rejections
+        .with_label_values(&[reason])
+        .inc();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (status, _, _) = rejection.parts();
+    let body = rejection.body(&id);
+    tracing::info!(
+        request_id = id.as_str(),
+        status = status.as_u16(),
+        decision = "deny",
+        reason = rejection.reason().as_str(),
+        "request refused by the framing guard"
+    );
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\nx-request-id: {id}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    for (n, v) in &shared.policy.snapshot().default_response_headers.set {
+        if let Ok(v) = v.to_str() {
+            out.push_str(&format!("{n}: {v}\r\n"));
+        }
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    out.into_bytes()
+}
+
+async fn reload_policy(shared: Arc<Shared>, mut changes: tokio::sync::mpsc::Receiver<()>) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            change = watch::next_change(&mut changes) => if change.is_none() { return },
+            _ = hup_recv => tracing::info!("SIGHUP: reloading policy"),
+        }
+        reload_now(&shared).await;
+    }
+}
+
+/// Reloads the policy off the async threads and records the outcome.
+pub async fn reload_now(shared: &Arc<Shared>) {
+    let store = shared.policy.clone();
+    let outcome = tokio::task::spawn_blocking(move || store.reload()).await;
+    let m = &shared.metrics;
+    match outcome {
+        Ok(Ok(Reloaded::Changed)) => {
+            let p = shared.policy.snapshot();
+            m.policy_reloads.with_label_values(&["changed"]).inc();
+            m.set_policy(&p.hash);
+            let Limiter::Memory(mem) = &shared.limiter;
+            mem.set_max_keys(p.server.rate_limit_max_keys);
+            tracing::info!(
+                hash = p.hash.as_str(),
+                routes = p.routes.len(),
+                "policy reloaded"
+            );
+        }
+        Ok(Ok(Reloaded::Unchanged)) => m.policy_reloads.with_label_values(&["unchanged"]).inc(),
+        Ok(Err(e)) => {
+            m.policy_reloads.with_label_values(&["error"]).inc();
+            tracing::error!(error = %e, "policy reload failed; keeping the last good policy");
+        }
+        Err(e) => tracing::error!(error = %e, "policy reload task failed"),
+    }
+}
+
+async fn reload_certs(
+    certs: Arc<CertStore>,
+    metrics: Metrics,
+    mut changes: tokio::sync::mpsc::Receiver<()>,
+) {
+    while watch::next_change(&mut changes).await.is_some() {
+        let store = certs.clone();
+        match tokio::task::spawn_blocking(move || store.reload()).await {
+            Ok(Ok(true)) => {
+                metrics.cert_reloads.with_label_values(&["changed"]).inc();
+                tracing::info!("TLS certificate reloaded");
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                metrics.cert_reloads.with_label_values(&["error"]).inc();
+                tracing::error!(error = %e, "TLS certificate reload failed; keeping the current certificate");
+            }
+            Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! THE request pipeline. `handle` is the infallible shell: it loads the policy snapshot once,
+//! runs the stages, turns a `Rejection` into a problem+json response, hardens every response
+//! and records the outcome. `run_stages` lists every security stage, in order, one line each.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
+use hyper::body::Incoming;
+
+use super::rejection::Rejection;
+use super::stage;
+use super::upstream::{self, Forwarded, ProxyBody, UpstreamClient};
+use crate::limit::Limiter;
+use crate::policy::{Mode, Policy, PolicyStore, Route};
+use crate::telemetry::Metrics;
+
+/// What every request handler shares.
+pub struct Shared {
+    pub policy: Arc<PolicyStore>,
+    pub limiter: Limiter,
+    pub metrics: Metrics,
+    pub client: UpstreamClient,
+    /// Set on SIGTERM: /readyz answers 503 from then on.
+    pub draining: AtomicBool,
+}
+
+/// What the transport knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub proto: &'static str,
+}
+
+/// What the stages learn about one request, for the response and the log line.
+struct Exchange {
+    request_id: HeaderValue,
+    route: Option<Arc<Route>>,
+    client_ip: IpAddr,
+    rate_headers: Vec<(HeaderName, HeaderValue)>,
+    shadowed: Vec<String>,
+    preflight_answered: bool,
+    upstream_time: Option<Duration>,
+}
+
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let policy = shared.policy.snapshot();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let bytes_in = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut ex = Exchange {
+        request_id: request_id(req.headers()),
+        route: None,
+        client_ip: conn.peer.ip(),
+        rate_headers: Vec::new(),
+        shadowed: Vec::new(),
+        preflight_answered: false,
+        upstream_time: None,
+    };
+
+    let result = run_stages(&shared, &policy, &conn, req, &mut ex).await;
+
+    let (mut response, reason) = match result {
+        Ok(r) => (r, None),
+        Err(rejection) => (
+            problem(&rejection, &ex.request_id),
+            Some(rejection.reason()),
+        ),
+    };
+    harden(&policy, &ex, origin.as_ref(), response.headers_mut());
+
+    let status = response.status();
+    let route = ex.route.as_ref().map_or("-", |r| &*r.name);
+    let elapsed = started.elapsed();
+    let m = &shared.metrics;
+    m.requests
+        .with_label_values(&[route, status_class(status.as_u16())])
+        .inc();
+    m.request_duration
+        .with_label_values(&[route])
+        .observe(elapsed.as_secs_f64());
+    tracing::info!(
+        request_id = ex.request_id.to_str().unwrap_or("-"),
+        method = method.as_str(),
+        path = path.as_str(),
+        route,
+        status = status.as_u16(),
+        decision = if reason.is_some() { "deny" } else { "allow" },
+        reason = reason.as_deref().unwrap_or(""),
+        shadow = ex.shadowed.join(",").as_str(),
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        upstream_ms = ex.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+        bytes_in,
+        bytes_out = http_body::Body::size_hint(response.body()).exact(),
+        client_ip = %ex.client_ip,
+        protocol = conn.proto,
+        "request"
+    );
+    Ok(response)
+}
+
+/// Every security stage, in order. IP-keyed limits come before anything costly so that a flood
+/// costs a hash lookup; identity stages (JWT, lockout) plug in after rate limiting.
+async fn run_stages(
+    shared: &Shared,
+    policy: &Policy,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    ex: &mut Exchange,
+) -> Result<Response<ProxyBody>, Rejection> {
+    // 1. Framing: one Host, no CL with TE (400). HTTP/1 bytes were already vetted by the guard.
+    stage::framing::check(&req)?;
+    // 2. Route selection (404), deny routes (their 4xx).
+    let route = stage::route::select(policy, &req)?;
+    ex.route = Some(route.clone());
+    if let Some((mode, denied)) = stage::route::check_deny(&route) {
+        enforce(mode, Err(denied), shared, ex)?;
+    }
+    // 3. Request limits: method, URL, headers, content type, declared body size (405/414/431/415/413).
+    enforce(
+        route.limits.mode,
+        stage::limits::check(
+            &route.limits,
+            &req,
+            route.cors.is_some() && stage::cors::is_preflight(&req),
+        ),
+        shared,
+        ex,
+    )?;
+    // 4. Rate limits keyed by client IP, header or route (429).
+    ex.client_ip = client_ip(policy, conn.peer.ip(), req.headers());
+    let (permit, verdict) =
+        stage::rate_limit::check(&shared.limiter, &shared.metrics, &route, &req, ex.client_ip)
+            .await;
+    ex.rate_headers = permit.headers;
+    for name in permit.shadowed {
+        record_shadow(shared, ex, &format!("rate_limited:{name}"));
+    }
+    verdict?;
+    // 5. CORS preflight, answered here (204 / 403).
+    if let Some(answer) = stage::cors::preflight(&route, &req)? {
+        ex.preflight_answered = true;
+        return Ok(answer.map(|()| upstream::empty()));
+    }
+    // 6. Forward to the upstream (502/504; 413/400 for a bad unsized body).
+    let trusted = is_trusted(policy, conn.peer.ip());
+    let (traceparent, started_trace) = traceparent(req.headers());
+    let fwd = Forwarded {
+        peer_trusted: trusted,
+        peer_ip: conn.peer.ip(),
+        proto: "https",
+        request_id: &ex.request_id,
+        traceparent,
+        started_trace,
+    };
+    let timer = shared.metrics.upstream_timer(&route.name);
+    let shadow_body = shared
+        .metrics
+        .shadow_blocks
+        .with_label_values(&[&*route.name, "body-too-large"]);
+    let forwarded =
+        upstream::forward(&shared.client, policy, &route, req, fwd, shadow_body).await?;
+    timer.observe(forwarded.upstream_time.as_secs_f64());
+    ex.upstream_time = Some(forwarded.upstream_time);
+    // 7. Response hardening happens in `handle`, for this response and every rejection alike.
+    Ok(forwarded.response)
+}
+
+/// In `shadow` mode a refusal is logged and counted as "would have blocked", then let through.
+fn enforce(
+    mode: Mode,
+    result: Result<(), Rejection>,
+    shared: &Shared,
+    ex: &mut Exchange,
+) -> Result<(), Rejection> {
+    match (result, mode) {
+        (Ok(()), _) => Ok(()),
+        (Err(r), Mode::Enforce) => Err(r),
+        (Err(r), Mode::Shadow) => {
+            record_shadow(shared, ex, &r.reason());
+            Ok(())
+        }
+    }
+}
+
+fn record_shadow(shared: &Shared, ex: &mut Exchange, rule: &str) {
+    let route = ex.route.as_ref().map_or("-", |r| &*r.name);
+    shared
+        .metrics
+        .shadow_blocks
+        .with_label_values(&[route, rule])
+        .inc();
+    ex.shadowed.push(rule.to_owned());
+}
+
+/// Security headers, CORS, rate-limit headers and the request id, on every response.
+fn harden(policy: &Policy, ex: &Exchange, origin: Option<&HeaderValue>, h: &mut HeaderMap) {
+    let rules = ex
+        .route
+        .as_ref()
+        .map_or(&policy.default_response_headers, |r| &r.response_headers);
+    stage::headers::apply(rules, h);
+    if let (Some(route), false) = (&ex.route, ex.preflight_answered) {
+        stage::cors::decorate(route, origin, h);
+    }
+    for (n, v) in &ex.rate_headers {
+        h.insert(n.clone(), v.clone());
+    }
+    h.insert(
+        HeaderName::from_static("x-request-id"),
+        ex.request_id.clone(),
+    );
+}
+
+pub fn problem(rejection: &Rejection, request_id: &HeaderValue) -> Response<ProxyBody> {
+    let (status, _, _) = rejection.parts();
+    let body = rejection.body(request_id.to_str().unwrap_or("-"));
+    let mut r = Response::new(upstream::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if matches!(
+        rejection,
+        Rejection::BodyTooLarge | Rejection::BadBody | Rejection::RequestTimeout
+    ) {
+        // The body was not read to its end, so the connection cannot carry another request.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+fn status_class(s: u16) -> &'static str {
+    match s {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// A client's X-Request-Id is kept only if short and plain (letters, digits, `-_.:`); otherwise a new one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get("x-request-id") {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= 64
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+        {
+            return v.clone();
+        }
+    }
+    HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string())
+        .expect("hex is a valid header value")
+}
+
+/// A valid W3C traceparent passes through; otherwise a new trace starts. Returns (value, started).
+fn traceparent(headers: &HeaderMap) -> (HeaderValue, bool) {
+    if let Some(v) = headers.get("traceparent") {
+        if valid_traceparent(v.as_bytes()) {
+            return (v.clone(), false);
+        }
+    }
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    (
+        HeaderValue::from_str(&format!("00-{trace}-{span}-00"))
+            .expect("hex is a valid header value"),
+        true,
+    )
+}
+
+fn valid_traceparent(v: &[u8]) -> bool {
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    };
+    v.len() == 55
+        && v[2] == b'-'
+        && v[35] == b'-'
+        && v[52] == b'-'
+        && hex(&v[..2])
+        && &v[..2] != b"ff"
+        && hex(&v[3..35])
+        && v[3..35].iter().any(|&c| c != b'0')
+        && hex(&v[36..52])
+        && v[36..52].iter().any(|&c| c != b'0')
+        && hex(&v[53..])
+}
+
+fn is_trusted(policy: &Policy, ip: IpAddr) -> bool {
+    policy
+        .server
+        .trusted_proxies
+        .iter()
+        .any(|n| n.contains(&ip))
+}
+
+/// The socket peer, unless it is a trusted proxy: then the rightmost X-Forwarded-For address that
+/// is not itself trusted (addresses further left are the client's to forge).
+fn client_ip(policy: &Policy, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    if !is_trusted(policy, peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for v in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(s) = v.to_str() else { return client };
+        for part in s.rsplit(',') {
+            match part.trim().parse::<IpAddr>() {
+                Ok(ip) if is_trusted(policy, ip) => client = ip,
+                Ok(ip) => return ip,
+                Err(_) => return client,
+            }
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_validation_follows_w3c() {
+        assert!(valid_traceparent(
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
+        ));
+    }
+
+    #[test]
+    fn forged_request_ids_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert("x-request-id", HeaderValue::from_static("a b\"<script>"));
+        assert_ne!(request_id(&h), "a b\"<script>");
+        h.insert(
+            "x-request-id",
+            HeaderValue::from_str(&"a".repeat(65)).unwrap(),
+        );
+        assert_eq!(request_id(&h).len(), 32);
+    }
+}

@@ -1,0 +1,292 @@
+//! Stage 6, forwarding (502/504): one pooled keep-alive HTTP/1.1 client to the upstream; bodies
+//! stream both ways. A request body with a Content-Length streams (its size was checked already);
+//! one without (chunked, or HTTP/2 DATA frames) is read first, bounded by the route's
+//! `max_body`, so a malformed or oversized chunked body never reaches the upstream.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Sleep;
+
+use super::rejection::Rejection;
+use super::stage::headers;
+use crate::policy::{Mode, Policy, Route};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+pub type UpstreamClient = Client<HttpConnector, ProxyBody>;
+
+pub fn client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector)
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> ProxyBody {
+    full(Bytes::new())
+}
+
+/// What the pipeline learned about the client, for the forwarding headers.
+pub struct Forwarded<'a> {
+    pub peer_trusted: bool,
+    pub peer_ip: IpAddr,
+    pub proto: &'static str,
+    pub request_id: &'a HeaderValue,
+    pub traceparent: HeaderValue,
+    pub started_trace: bool,
+}
+
+pub struct Forwarding {
+    pub response: Response<ProxyBody>,
+    pub upstream_time: Duration,
+}
+
+/// `shadow_body` counts an unsized body that runs over `max_body` on a route whose limits are in shadow mode.
+pub async fn forward(
+    client: &UpstreamClient,
+    policy: &Policy,
+    route: &Route,
+    req: Request<Incoming>,
+    fwd: Forwarded<'_>,
+    shadow_body: prometheus::IntCounter,
+) -> Result<Forwarding, Rejection> {
+    let up = &policy.upstream;
+    let deadline = Instant::now() + up.request_timeout;
+    let (mut parts, incoming) = req.into_parts();
+    let host = super::stage::framing::host_of(&parts).map(str::to_owned);
+
+    // Body: stream what declared its length, read (bounded) what did not.
+    let body = if parts.headers.contains_key(header::CONTENT_LENGTH) || incoming.is_end_stream() {
+        incoming.map_err(BoxError::from).boxed_unsync()
+    } else if route.limits.mode == Mode::Shadow {
+        CountingBody {
+            inner: incoming,
+            seen: 0,
+            limit: route.limits.max_body,
+            over: Some(shadow_body),
+        }
+        .boxed_unsync()
+    } else {
+        let limit = usize::try_from(route.limits.max_body).unwrap_or(usize::MAX);
+        match tokio::time::timeout_at(deadline.into(), Limited::new(incoming, limit).collect())
+            .await
+        {
+            Err(_) => return Err(Rejection::RequestTimeout),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Rejection::BodyTooLarge)
+            }
+            Ok(Err(_)) => return Err(Rejection::BadBody),
+            Ok(Ok(collected)) => {
+                let bytes = collected.to_bytes();
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                full(bytes)
+            }
+        }
+    };
+
+    // Head: the upstream URI, hop-by-hop stripped, forwarding headers set by us alone.
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = Uri::builder()
+        .scheme(up.scheme.clone())
+        .authority(up.authority.clone())
+        .path_and_query(format!("{}{}", up.path_prefix, path))
+        .build()
+        .map_err(|_| Rejection::Framing(super::rejection::FramingFault::MalformedHead))?;
+    parts.version = Version::HTTP_11;
+    let h = &mut parts.headers;
+    headers::strip_hop_by_hop(h);
+    h.remove(header::EXPECT);
+    if let Some(host) = &host {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            h.insert(header::HOST, v.clone());
+            h.insert("x-forwarded-host", v);
+        }
+    }
+    let xff = match (
+        fwd.peer_trusted,
+        h.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
+    ) {
+        (true, Some(prior)) => format!("{prior}, {}", fwd.peer_ip),
+        _ => fwd.peer_ip.to_string(),
+    };
+    h.insert(
+        "x-forwarded-for",
+        HeaderValue::from_str(&xff).expect("IP addresses are valid header values"),
+    );
+    h.insert("x-forwarded-proto", HeaderValue::from_static(fwd.proto));
+    h.insert("x-request-id", fwd.request_id.clone());
+    h.insert("traceparent", fwd.traceparent);
+    if fwd.started_trace {
+        h.remove("tracestate");
+    }
+    headers::apply(&route.request_headers, h);
+    let upstream_req = Request::from_parts(parts, body);
+
+    let started = Instant::now();
+    let wait = up
+        .idle_timeout
+        .min(deadline.saturating_duration_since(started));
+    let result = tokio::time::timeout(wait, client.request(upstream_req)).await;
+    let upstream_time = started.elapsed();
+    let mut response = match result {
+        Err(_) => return Err(Rejection::UpstreamTimeout),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "upstream request failed");
+            if find_cause::<BodyOverLimit>(&e) {
+                return Err(Rejection::BodyTooLarge);
+            }
+            return Err(Rejection::UpstreamUnavailable);
+        }
+        Ok(Ok(r)) => r,
+    };
+    headers::strip_hop_by_hop(response.headers_mut());
+    let response = response.map(|b| TimedBody::new(b, up.idle_timeout, deadline).boxed_unsync());
+    Ok(Forwarding {
+        response,
+        upstream_time,
+    })
+}
+
+fn find_cause<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<E>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body is over the route's limit")]
+struct BodyOverLimit;
+
+/// A request body in shadow mode: streams, and remembers once that it went over the limit.
+struct CountingBody {
+    inner: Incoming,
+    seen: u64,
+    limit: u64,
+    /// Incremented once, the first time the body goes over; then dropped.
+    over: Option<prometheus::IntCounter>,
+}
+
+impl Body for CountingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.seen += d.len() as u64;
+                    if this.seen > this.limit {
+                        if let Some(counter) = this.over.take() {
+                            counter.inc();
+                            tracing::warn!(
+                                limit = this.limit,
+                                "shadow: request body over max_body would have been refused"
+                            );
+                        }
+                    }
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body stalled or exceeded the request timeout")]
+pub struct BodyTimeout;
+
+/// The upstream's response body, cut off when it stalls for `idle` or runs past `deadline`.
+struct TimedBody {
+    inner: Incoming,
+    idle: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl TimedBody {
+    fn new(inner: Incoming, idle: Duration, deadline: Instant) -> TimedBody {
+        TimedBody {
+            inner,
+            idle,
+            idle_timer: Box::pin(tokio::time::sleep(idle)),
+            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+        }
+    }
+}
+
+impl Body for TimedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.idle_timer.as_mut().reset(next);
+                return Poll::Ready(Some(Ok(f)));
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        if this.idle_timer.as_mut().poll(cx).is_ready()
+            || this.deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Err(BodyTimeout.into())));
+        }
+        Poll::Pending
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

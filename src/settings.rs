@@ -1,0 +1,50 @@
+//! Process settings from flags and matching environment variables: addresses, file paths, log
+//! level. Not policy: nothing here changes without a restart, and nothing here is a security
+//! rule an operator tunes live.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+#[derive(Debug, Clone, Args)]
+pub struct ProxySettings {
+    /// HTTPS listen address.
+    #[arg(long, env = "WARD_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Admin listen address (/metrics, /healthz, /readyz, /policy). Keep it off public interfaces.
+    #[arg(long, env = "WARD_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
+    pub admin_listen: SocketAddr,
+    /// Optional plain-HTTP listener that only redirects to HTTPS (308) and answers /healthz.
+    #[arg(long, env = "WARD_REDIRECT_LISTEN")]
+    pub redirect_listen: Option<SocketAddr>,
+    /// PEM certificate chain; re-read when it changes on disk.
+    #[arg(long, env = "WARD_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key; re-read when it changes on disk.
+    #[arg(long, env = "WARD_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// Policy file, or directory of *.yaml policy files; reloaded live.
+    #[arg(long, env = "WARD_POLICY", default_value = "policies/default.yaml")]
+    pub policy: PathBuf,
+    #[command(flatten)]
+    pub runtime: RuntimeSettings,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RuntimeSettings {
+    /// Log filter, e.g. `info` or `ward=debug`.
+    #[arg(long, env = "WARD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Longest wait for in-flight requests after SIGTERM.
+    #[arg(long, env = "WARD_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long, env = "WARD_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("expected a duration like 30s: {e}"))
+}
