@@ -14,10 +14,14 @@
 //!   drain), the admin and redirect listeners, and `proxy::pipeline`, where every request runs
 //!   through the security stages in order:
 //!
-//!   1. framing (400) → 2. route selection and deny routes (404 / configured 4xx) →
-//!   3. request limits (405 / 414 / 431 / 415 / 413) → 4. rate limits (429) →
-//!   5. CORS preflight (204 / 403) → 6. forward (502 / 504) → 7. response hardening
-//!   (security headers, CORS, RateLimit headers, request id) on every response, errors included.
+//!   1. framing (400);
+//!   2. route selection and deny routes (404 / configured 4xx);
+//!   3. request limits (405 / 414 / 431 / 415 / 413);
+//!   4. rate limits (429);
+//!   5. CORS preflight (204 / 403);
+//!   6. forward (502 / 504);
+//!   7. response hardening (security headers, CORS, RateLimit headers, request id) on every
+//!      response, errors included.
 //! - [`telemetry`]: JSON logs and the Prometheus metric handles.
 //! - [`demo`]: `ward demo`, the whole thing on a fresh machine with embedded defaults.
 

@@ -52,6 +52,8 @@ pub struct Scanner {
     te_count: usize,
     te_chunked: bool,
     hosts: usize,
+    /// Complete, accepted request heads so far.
+    pub heads: u64,
 }
 
 impl Default for Scanner {
@@ -73,6 +75,7 @@ impl Scanner {
             te_count: 0,
             te_chunked: false,
             hosts: 0,
+            heads: 0,
         }
     }
 
@@ -283,6 +286,7 @@ impl Scanner {
         if self.http11 && self.hosts == 0 {
             return Err(Fault::Framing(MissingHost));
         }
+        self.heads += 1;
         self.state = if self.te_count == 1 {
             State::ChunkSize
         } else {
@@ -336,6 +340,10 @@ pub struct Guard<IO> {
     reply: Option<(Vec<u8>, usize)>,
     on_fault: Box<dyn Fn(Fault) -> Vec<u8> + Send>,
     closed: bool,
+    /// A head went to hyper and its response has not been written and flushed yet: the refusal
+    /// then waits for hyper to finish that response and close (see `poll_shutdown`).
+    unanswered: bool,
+    wrote: bool,
 }
 
 impl<IO> Guard<IO> {
@@ -347,6 +355,8 @@ impl<IO> Guard<IO> {
             reply: None,
             on_fault,
             closed: false,
+            unanswered: false,
+            wrote: false,
         }
     }
 }
@@ -380,6 +390,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<IO> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.reply.is_some() {
+            if this.unanswered {
+                // End of input for hyper: it answers the good request, then shuts down, and
+                // `poll_shutdown` writes the refusal after that answer.
+                return Poll::Ready(Ok(()));
+            }
             return this.poll_reply(cx);
         }
         let before = buf.filled().len();
@@ -389,7 +404,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<IO> {
             return Poll::Ready(Ok(()));
         }
         let was_in_head = this.scanner.in_head();
-        match this.scanner.feed(fresh) {
+        let heads_before = this.scanner.heads;
+        let fed = this.scanner.feed(fresh);
+        if this.scanner.heads > heads_before {
+            this.unanswered = true;
+            this.wrote = false;
+        }
+        match fed {
             Ok(()) => Poll::Ready(Ok(())),
             Err((_, Fault::Framing(FramingFault::BadChunk))) if !was_in_head => {
                 // Mid-body: the pipeline is reading this body (bounded, before forwarding) and
@@ -402,7 +423,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guard<IO> {
             Err((head_start, fault)) => {
                 buf.set_filled(before + head_start);
                 this.reply = Some(((this.on_fault)(fault), 0));
-                if head_start > 0 {
+                if head_start > 0 || this.unanswered {
+                    // Deliver the good bytes (or end input) first; see the reply branch above.
                     Poll::Ready(Ok(()))
                 } else {
                     this.poll_reply(cx)
@@ -419,13 +441,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guard<IO> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.reply.is_some() {
+        if this.reply.is_some() && !this.unanswered {
             // The refusal owns the socket now.
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "connection refused by framing guard",
             )));
         }
+        this.wrote = true;
         Pin::new(&mut this.io).poll_write(cx, data)
     }
     fn poll_write_vectored(
@@ -434,22 +457,35 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guard<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.reply.is_some() {
+        if this.reply.is_some() && !this.unanswered {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "connection refused by framing guard",
             )));
         }
+        this.wrote = true;
         Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.io.is_write_vectored()
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+        let this = self.get_mut();
+        ready!(Pin::new(&mut this.io).poll_flush(cx))?;
+        if this.wrote {
+            // A response went out: the last head handed to hyper is answered.
+            this.unanswered = false;
+            this.wrote = false;
+        }
+        Poll::Ready(Ok(()))
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.reply.is_some() {
+            // Any owed answer is out (hyper flushes before shutting down): the refusal goes last.
+            this.unanswered = false;
+            return this.poll_reply(cx);
+        }
         if this.closed {
             return Poll::Ready(Ok(()));
         }

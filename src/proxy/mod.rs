@@ -102,12 +102,13 @@ pub async fn run(proxy: Proxy, shutdown: impl Future<Output = ()>) -> Result<(),
             rx,
         )));
     }
+    let admin_addr = proxy.admin.local_addr()?;
     let admin_task = tokio::spawn(admin::serve(proxy.admin, shared.clone()));
     let redirect_task = proxy
         .redirect
         .map(|l| tokio::spawn(redirect::serve(l, https_port)));
 
-    tracing::info!(listen = %proxy.listener.local_addr()?, policy = %proxy.policy.path().display(), "ward proxy serving");
+    tracing::info!(listen = %proxy.listener.local_addr()?, admin = %admin_addr, policy = %proxy.policy.path().display(), "ward proxy serving");
     let graceful = GracefulShutdown::new();
     let open = Arc::new(AtomicUsize::new(0));
     tokio::pin!(shutdown);
@@ -239,6 +240,8 @@ async fn serve_connection(
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout)
+            // The framing guard ends input early after a bad pipelined head; finish the answer owed.
+            .half_close(true)
             .max_buf_size(guard::MAX_HEAD + 16 * 1024)
             .max_headers(guard::MAX_HEADER_LINES + 8);
         let fault_shared = shared.clone();

@@ -149,9 +149,9 @@ async fn run_stages(
         record_shadow(shared, ex, &format!("rate_limited:{name}"));
     }
     verdict?;
-    // 5. CORS preflight, answered here (204 / 403).
+    // 5. CORS preflight, answered here (204 / 403); a refused one carries no CORS headers.
+    ex.preflight_answered = route.cors.is_some() && stage::cors::is_preflight(&req);
     if let Some(answer) = stage::cors::preflight(&route, &req)? {
-        ex.preflight_answered = true;
         return Ok(answer.map(|()| upstream::empty()));
     }
     // 6. Forward to the upstream (502/504; 413/400 for a bad unsized body).

@@ -62,7 +62,7 @@ pub fn check<B: http_body::Body>(
                     .to_ascii_lowercase()
             });
         match media {
-            Some(m) if limits.content_types.iter().any(|t| *t == m) => {}
+            Some(m) if limits.content_types.contains(&m) => {}
             _ => return Err(Rejection::UnsupportedMediaType),
         }
     }

@@ -1,0 +1,196 @@
+//! Live policy and certificate reloads: applied quickly, never half-applied, last good kept.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{eventually, render, start, start_in, Options, Upstream, BASIC};
+
+fn with_deny(path: &str) -> String {
+    BASIC.replace("routes:\n", &format!("routes:\n  - name: blocked\n    match: {{ path: {{ prefix: {path} }} }}\n    deny: {{ status: 403 }}\n"))
+}
+
+async fn status(p: &support::Running, path: &str) -> u16 {
+    p.client(false)
+        .get(p.url(path))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn valid_policy_edit_applies_within_two_seconds() {
+    let p = start(BASIC).await;
+    assert_eq!(status(&p, "/new").await, 200);
+    p.write_policy(&with_deny("/new"));
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            status(&p, "/new").await == 403
+        })
+        .await,
+        "edit not applied within 2s"
+    );
+    let (_, m) = p.admin_get("/metrics").await;
+    assert!(
+        m.contains(r#"ward_policy_reloads_total{result="changed"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_edit_keeps_the_old_policy_and_shows_the_error() {
+    let p = start(BASIC).await;
+    let (_, before) = p.admin_get("/policy").await;
+    let before: serde_json::Value = serde_json::from_str(&before).unwrap();
+    // A typo in a limit and a deny route in the same edit: nothing of it may apply.
+    let broken = with_deny("/x").replace("    max_body: 1KiB", "    max_bdy: 1KiB");
+    p.write_policy(&broken);
+    let shown = eventually(Duration::from_secs(3), || async {
+        let (_, body) = p.admin_get("/policy").await;
+        body.contains("last_reload_error\":{")
+    })
+    .await;
+    assert!(shown, "the reload error is shown on /policy");
+    let (_, after) = p.admin_get("/policy").await;
+    let after: serde_json::Value = serde_json::from_str(&after).unwrap();
+    let msg = after["last_reload_error"]["message"].as_str().unwrap();
+    let file = p.policy_path.display().to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "{file}:11:5: defaults.limits: unknown field `max_bdy`"
+        )),
+        "{msg}"
+    );
+    assert_eq!(
+        after["hash"], before["hash"],
+        "the last good policy keeps serving"
+    );
+    assert_eq!(
+        status(&p, "/x").await,
+        200,
+        "the deny route of the bad edit did not half-apply"
+    );
+    let (_, m) = p.admin_get("/metrics").await;
+    assert!(
+        m.contains(r#"ward_policy_reloads_total{result="error"}"#),
+        "{m}"
+    );
+    // Fixing the file clears the error and applies.
+    p.write_policy(&with_deny("/x"));
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            status(&p, "/x").await == 403
+        })
+        .await
+    );
+    let (_, fixed) = p.admin_get("/policy").await;
+    assert!(fixed.contains("\"last_reload_error\":null"), "{fixed}");
+}
+
+#[tokio::test]
+async fn configmap_style_data_symlink_swap_reloads() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cm = dir.path().join("policy");
+    std::fs::create_dir(&cm).unwrap();
+    // Kubernetes' layout: a timestamped dir, `..data` pointing at it, and the file name through `..data`.
+    let v1 = cm.join("..2026_11_22_10_00_00.000000001");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::write(v1.join("policy.yaml"), render(BASIC, upstream.addr)).unwrap();
+    std::os::unix::fs::symlink("..2026_11_22_10_00_00.000000001", cm.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/policy.yaml", cm.join("policy.yaml")).unwrap();
+    let p = start_in(dir, cm.clone(), upstream, Options::default()).await;
+    assert_eq!(status(&p, "/cm").await, 200);
+
+    let v2 = cm.join("..2026_11_22_10_05_00.000000002");
+    std::fs::create_dir(&v2).unwrap();
+    std::fs::write(
+        v2.join("policy.yaml"),
+        render(&with_deny("/cm"), p.upstream.addr),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..2026_11_22_10_05_00.000000002", cm.join("..data_tmp")).unwrap();
+    std::fs::rename(cm.join("..data_tmp"), cm.join("..data")).unwrap();
+    std::fs::remove_dir_all(&v1).unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            status(&p, "/cm").await == 403
+        })
+        .await,
+        "the ..data swap was not seen"
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_a_change_the_watcher_cannot_see() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The policy path is a symlink into an unwatched directory: only SIGHUP can tell ward.
+    let hidden = tempfile::tempdir().unwrap();
+    let target = hidden.path().join("real.yaml");
+    std::fs::write(&target, render(BASIC, upstream.addr)).unwrap();
+    let link = dir.path().join("policy.yaml");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let p = start_in(dir, link, upstream, Options::default()).await;
+    assert_eq!(status(&p, "/hup").await, 200);
+    std::fs::write(&target, render(&with_deny("/hup"), p.upstream.addr)).unwrap();
+    let pid = std::process::id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            status(&p, "/hup").await == 403
+        })
+        .await,
+        "SIGHUP did not reload"
+    );
+}
+
+fn peer_cn(tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn certificate_swap_applies_to_new_handshakes_and_bad_files_keep_the_old() {
+    let p = start(BASIC).await;
+    let old = peer_cn(&p.tls_connect(&[b"http/1.1"]).await);
+    let (cert2, key2) = p.pki.leaf("leaf-two");
+    let der2 = {
+        use rustls_pki_types::pem::PemObject;
+        rustls_pki_types::CertificateDer::from_pem_slice(cert2.as_bytes())
+            .unwrap()
+            .to_vec()
+    };
+    assert_ne!(old, der2);
+    // A connection opened before the swap keeps working after it.
+    let c = p.client(false);
+    assert_eq!(c.get(p.url("/before")).send().await.unwrap().status(), 200);
+    // cert-manager style: the key first, then the certificate, each replaced atomically.
+    support::write_atomically(&p.cert_paths.key, &key2);
+    support::write_atomically(&p.cert_paths.cert, &cert2);
+    let swapped = eventually(Duration::from_secs(3), || async {
+        peer_cn(&p.tls_connect(&[b"http/1.1"]).await) == der2
+    })
+    .await;
+    assert!(swapped, "new handshakes present the new certificate");
+    assert_eq!(c.get(p.url("/after")).send().await.unwrap().status(), 200);
+
+    std::fs::write(&p.cert_paths.cert, "not a certificate").unwrap();
+    let counted = eventually(Duration::from_secs(3), || async {
+        p.admin_get("/metrics")
+            .await
+            .1
+            .contains(r#"ward_cert_reloads_total{result="error"}"#)
+    })
+    .await;
+    assert!(counted, "a bad certificate is reported");
+    assert_eq!(
+        peer_cn(&p.tls_connect(&[b"h2"]).await),
+        der2,
+        "the last good certificate keeps serving"
+    );
+}
