@@ -67,11 +67,15 @@ ensure_tools() {
     [[ $(id -u) == 0 ]] || die "missing packages: ${missing[*]} (run as root, or apt-get install them)"
     log "installing ${missing[*]}"
     # Installing nginx or haproxy must not start the system services.
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-    chmod +x /usr/sbin/policy-rc.d
+    local own_policy_rc=""
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d
+        own_policy_rc=1
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    rm -f /usr/sbin/policy-rc.d
+    if [[ -n $own_policy_rc ]]; then rm -f /usr/sbin/policy-rc.d; fi
 }
 
 ensure_ward() {
@@ -90,6 +94,7 @@ export RUN_DIR
 declare -A PIDS=() # servers we started, by name
 LOAD_PID=          # the load generator running now, if any
 
+# shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
     local status=$? name pid i
     trap - EXIT INT TERM
@@ -128,7 +133,8 @@ trap 'exit 143' TERM
 start() {
     local name=$1
     shift
-    taskset -c "$PROXY_CPU" "$@" >"$RUN_DIR/$name.out" 2>&1 &
+    # Appending, so that truncate_logs can empty the file under the server.
+    taskset -c "$PROXY_CPU" "$@" >>"$RUN_DIR/$name.out" 2>&1 &
     PIDS[$name]=$!
 }
 
@@ -340,6 +346,16 @@ load() {
     esac
 }
 
+# truncate_logs: empty the request logs (ward's and HAProxy's stdout, nginx's
+# access log) between runs, so that a long run does not fill the disk. The
+# servers write them in append mode, so they go on at the new end.
+truncate_logs() {
+    local f
+    for f in ward.out haproxy.out nginx-access.log; do
+        if [[ -f $RUN_DIR/$f ]]; then : >"$RUN_DIR/$f"; fi
+    done
+}
+
 # measure ROUND CASE PROTO: warm up, run, append one line to results.tsv.
 measure() {
     local round=$1 c=$2 proto=$3 u srv hz before up_before after up_after
@@ -365,6 +381,7 @@ measure() {
     gen_pct=$(awk -v t="$(cat "$out.cpu")" -v d="$DURATION" 'BEGIN {printf "%.0f", t / d * 100}')
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$c" "$proto" "$rps" "$p50" "$p99" \
         "$cpu" "$up_cpu" "$err" "$srv_pct" "$gen_pct" >>"$RUN_DIR/results.tsv"
+    truncate_logs
     log "round $round  $(printf '%-12s %-6s %8.0f req/s  p50 %7.3f ms  p99 %7.3f ms  %6s + %6s us/req  cores %3s%% %3s%%  %s errors' \
         "$c" "$proto" "$rps" "$p50" "$p99" "$cpu" "$up_cpu" "$srv_pct" "$gen_pct" "$err")"
 }
@@ -445,4 +462,6 @@ main() {
     report
 }
 
-main "$@"
+# "; exit" on the same line: bash never reads past it, even if the file is
+# edited during a run.
+main "$@"; exit
