@@ -435,6 +435,10 @@ machine() {
         "$({ wrk -v 2>&1 || true; } | head -1 | cut -d' ' -f1-2)" "$(h2load --version 2>&1 | head -1)" \
         "$(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3)" "$(nginx -v 2>&1)" "$(openssl version)"
     if has_case ward; then printf 'ward: %s\n' "$("$WARD_BIN" --version 2>&1 | head -1)"; fi
+    # Our own servers are idle now: a load above half a core is someone else.
+    if awk '{exit !($1 > 0.5)}' /proc/loadavg; then
+        log "warning: the machine is busy (load $(cut -d' ' -f1 /proc/loadavg)): expect noisy figures"
+    fi
 }
 
 main() {
