@@ -152,6 +152,19 @@ wait_port() {
     die "$name does not listen on 127.0.0.1:$port after 15 s"
 }
 
+# wait_ready: up to 15 s for ward's admin /readyz to answer 200 (policy loaded,
+# upstream reachable); only a warning after that, the load will tell.
+wait_ready() {
+    local i
+    for ((i = 0; i < 150; i++)); do
+        if [[ $(curl -s --max-time 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$WARD_ADMIN_PORT/readyz" || true) == 200 ]]; then
+            return
+        fi
+        sleep 0.1
+    done
+    log "warning: ward's /readyz on 127.0.0.1:$WARD_ADMIN_PORT did not answer 200 within 15 s"
+}
+
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # pids_of NAME: the process and its children (nginx's worker).
@@ -217,6 +230,7 @@ start_servers() {
             --tls-cert "$CERT" --tls-key "$KEY" --policy "$RUN_DIR/ward-policy.yaml" \
             --worker-threads 1
         wait_port ward "$WARD_PORT"
+        wait_ready
     fi
 }
 
