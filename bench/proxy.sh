@@ -176,7 +176,7 @@ pids_of() {
 
 # cpu_ticks NAME: user + system clock ticks of NAME's processes so far.
 cpu_ticks() {
-    local pid total=0 stat rest
+    local pid total=0 stat rest f
     for pid in $(pids_of "$1"); do
         stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
         rest=${stat##*) }   # fields after "pid (comm) "
