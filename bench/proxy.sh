@@ -118,7 +118,7 @@ cleanup() {
     if [[ -n $KEEP ]]; then
         mkdir -p "$KEEP"
         cp -r "$RUN_DIR"/. "$KEEP"/
-        rm -f "$KEEP"/key.pem "$KEEP"/bundle.pem
+        rm -f "$KEEP"/tls/key.pem "$KEEP"/tls/bundle.pem
         log "raw outputs kept in $KEEP"
     fi
     rm -rf "$RUN_DIR"
@@ -193,7 +193,10 @@ render() { # render TEMPLATE OUT: envsubst with our names only
 }
 
 start_servers() {
-    export CERT=$RUN_DIR/cert.pem KEY=$RUN_DIR/key.pem CERT_BUNDLE=$RUN_DIR/bundle.pem
+    # Certificates and ward's policy live in their own directories, as in a pod (Secret and ConfigMap
+    # mounts): ward watches both, and the servers' logs in RUN_DIR must not wake its watchers.
+    mkdir -p "$RUN_DIR/tls" "$RUN_DIR/policy"
+    export CERT=$RUN_DIR/tls/cert.pem KEY=$RUN_DIR/tls/key.pem CERT_BUNDLE=$RUN_DIR/tls/bundle.pem
     NGINX_USER=$(id -un)
     export NGINX_USER
     # A throwaway certificate for this run only; the key never leaves RUN_DIR.
@@ -224,10 +227,10 @@ start_servers() {
     fi
     if has_case ward; then
         sed "s|url: http://127.0.0.1:[0-9]*|url: http://127.0.0.1:$UPSTREAM_PORT|" \
-            "$BENCH_DIR/ward-policy.yaml" >"$RUN_DIR/ward-policy.yaml"
+            "$BENCH_DIR/ward-policy.yaml" >"$RUN_DIR/policy/ward-policy.yaml"
         start ward "$WARD_BIN" proxy \
             --listen "127.0.0.1:$WARD_PORT" --admin-listen "127.0.0.1:$WARD_ADMIN_PORT" \
-            --tls-cert "$CERT" --tls-key "$KEY" --policy "$RUN_DIR/ward-policy.yaml" \
+            --tls-cert "$CERT" --tls-key "$KEY" --policy "$RUN_DIR/policy/ward-policy.yaml" \
             --worker-threads 1
         wait_port ward "$WARD_PORT"
         wait_ready

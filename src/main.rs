@@ -69,13 +69,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// One worker thread means the current-thread scheduler (no work-stealing overhead); more, the
+/// multi-thread one.
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    b.enable_all();
-    if let Some(n) = workers {
-        b.worker_threads(n.max(1));
-    }
-    b.build().context("cannot start the async runtime")
+    let mut b = match workers {
+        Some(1) | Some(0) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    b.enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 async fn run_proxy(s: ProxySettings) -> anyhow::Result<()> {

@@ -23,13 +23,51 @@ pub fn watch_dir(path: &Path) -> PathBuf {
     }
 }
 
-/// Watches `dirs`; the receiver gets one message per burst of changes (bounded: at most one pending).
-/// The watcher must be kept alive by the caller.
-pub fn watch(dirs: &[PathBuf]) -> notify::Result<(RecommendedWatcher, mpsc::Receiver<()>)> {
+/// Which changed paths matter: Kubernetes' `..`-prefixed bookkeeping (the `..data` swap) always,
+/// otherwise a file name `relevant` accepts. Other writes in the directory (logs, editors' swap
+/// files) wake nothing.
+pub fn matters(path: &Path, relevant: &(dyn Fn(&str) -> bool + Send + Sync)) -> bool {
+    match path.file_name().and_then(|n| n.to_str()) {
+        Some(name) => name.starts_with("..") || relevant(name),
+        None => true,
+    }
+}
+
+/// Policy files: `*.yaml` / `*.yml` in a policy directory, or the one policy file.
+pub fn policy_names(path: &Path) -> Box<dyn Fn(&str) -> bool + Send + Sync> {
+    if path.is_dir() {
+        Box::new(|name: &str| {
+            !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+        })
+    } else {
+        let own = file_name(path);
+        Box::new(move |name: &str| name == own)
+    }
+}
+
+/// Exactly the given files (certificate and key).
+pub fn file_names(paths: &[&Path]) -> Box<dyn Fn(&str) -> bool + Send + Sync> {
+    let names: Vec<String> = paths.iter().map(|p| file_name(p)).collect();
+    Box::new(move |name: &str| names.iter().any(|n| n == name))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Watches `dirs` for changes to paths `relevant` accepts (see `matters`); the receiver gets one
+/// message per burst of changes (bounded: at most one pending). The caller keeps the watcher alive.
+pub fn watch(
+    dirs: &[PathBuf],
+    relevant: Box<dyn Fn(&str) -> bool + Send + Sync>,
+) -> notify::Result<(RecommendedWatcher, mpsc::Receiver<()>)> {
     let (tx, rx) = mpsc::channel(1);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            if !ev.kind.is_access() {
+            if !ev.kind.is_access() && ev.paths.iter().any(|p| matters(p, &*relevant)) {
                 // A full channel already holds a pending wake-up; dropping this one loses nothing.
                 let _ = tx.try_send(());
             }

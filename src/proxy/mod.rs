@@ -78,10 +78,12 @@ pub async fn run(proxy: Proxy, shutdown: impl Future<Output = ()>) -> Result<(),
     // Reload tasks: policy (directory watch + SIGHUP) and certificates (directory watch).
     let policy_dir = watch::watch_dir(proxy.policy.path());
     let (_policy_watcher, policy_rx) =
-        watch::watch(&[policy_dir]).map_err(|source| ProxyError::Watch {
-            what: "the policy directory",
-            source,
-        })?;
+        watch::watch(&[policy_dir], watch::policy_names(proxy.policy.path())).map_err(
+            |source| ProxyError::Watch {
+                what: "the policy directory",
+                source,
+            },
+        )?;
     let reloader = tokio::spawn(reload_policy(shared.clone(), policy_rx));
     let mut cert_watcher = None;
     let mut cert_task = None;
@@ -91,10 +93,12 @@ pub async fn run(proxy: Proxy, shutdown: impl Future<Output = ()>) -> Result<(),
         if !dirs.contains(&key_dir) {
             dirs.push(key_dir);
         }
-        let (w, rx) = watch::watch(&dirs).map_err(|source| ProxyError::Watch {
-            what: "the certificate directory",
-            source,
-        })?;
+        let (w, rx) = watch::watch(&dirs, watch::file_names(&[&paths.cert, &paths.key])).map_err(
+            |source| ProxyError::Watch {
+                what: "the certificate directory",
+                source,
+            },
+        )?;
         cert_watcher = Some(w);
         cert_task = Some(tokio::spawn(reload_certs(
             proxy.certs.clone(),
@@ -274,7 +278,7 @@ fn guard_reply(shared: &Shared, fault: guard::Fault) -> Vec<u8> {
         .framing_rejections
         .with_label_values(&[reason])
         .inc();
-    let id = uuid::Uuid::new_v4().simple().to_string();
+    let id = pipeline::random_hex(16);
     let (status, _, _) = rejection.parts();
     let body = rejection.body(&id);
     tracing::info!(

@@ -266,8 +266,17 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string())
-        .expect("hex is a valid header value")
+    HeaderValue::from_str(&random_hex(16)).expect("hex is a valid header value")
+}
+
+/// `bytes` (at most 16) random bytes as lower-case hex, from the thread's CSPRNG (seeded once
+/// from the OS, so the request path makes no getrandom system call).
+pub fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = [0u8; 16];
+    let buf = &mut buf[..bytes.min(16)];
+    rand::thread_rng().fill_bytes(buf);
+    hex::encode(buf)
 }
 
 /// A valid W3C traceparent passes through; otherwise a new trace starts. Returns (value, started).
@@ -277,8 +286,8 @@ fn traceparent(headers: &HeaderMap) -> (HeaderValue, bool) {
             return (v.clone(), false);
         }
     }
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let trace = random_hex(16);
+    let span = random_hex(8);
     (
         HeaderValue::from_str(&format!("00-{trace}-{span}-00"))
             .expect("hex is a valid header value"),
