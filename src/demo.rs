@@ -59,6 +59,7 @@ pub enum DemoError {
 
 pub async fn run(
     settings: DemoSettings,
+    metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DemoError> {
     let dir = match settings.dir.clone() {
@@ -134,7 +135,7 @@ pub async fn run(
             redirect: None,
             policy: store,
             certs,
-            metrics: Metrics::new(),
+            metrics,
             drain_timeout: settings.runtime.drain_timeout,
         },
         shutdown,

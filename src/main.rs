@@ -14,6 +14,11 @@ use ward::settings::ProxySettings;
 use ward::telemetry::{self, Metrics};
 use ward::tls::{self, CertPaths, CertStore};
 
+/// mimalloc instead of glibc malloc: the request path allocates many small short-lived buffers
+/// (headers, frames), where glibc's arena bookkeeping showed up at the top of profiles.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "ward", version, about = "A security sidecar for payments APIs")]
 struct Cli {
@@ -46,9 +51,10 @@ fn main() -> ExitCode {
             runtime(s.runtime.worker_threads).and_then(|rt| rt.block_on(run_proxy(s)))
         }
         Command::Demo(s) => runtime(s.runtime.worker_threads).and_then(|rt| {
-            telemetry::init_logging(&s.runtime.log_level);
+            let metrics = Metrics::new();
+            let _log = telemetry::init_logging(&s.runtime.log_level, &metrics);
             rt.block_on(async {
-                ward::demo::run(s, shutdown_signal())
+                ward::demo::run(s, metrics, shutdown_signal())
                     .await
                     .map_err(anyhow::Error::from)
             })
@@ -87,7 +93,8 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn run_proxy(s: ProxySettings) -> anyhow::Result<()> {
-    telemetry::init_logging(&s.runtime.log_level);
+    let metrics = Metrics::new();
+    let _log = telemetry::init_logging(&s.runtime.log_level, &metrics);
     let store = PolicyStore::open(&s.policy)
         .map_err(|e| anyhow::anyhow!("invalid policy, not starting:\n{e}"))?;
     let paths = CertPaths {
@@ -118,7 +125,7 @@ async fn run_proxy(s: ProxySettings) -> anyhow::Result<()> {
             redirect,
             policy: Arc::new(store),
             certs,
-            metrics: Metrics::new(),
+            metrics,
             drain_timeout: s.runtime.drain_timeout,
         },
         shutdown_signal(),

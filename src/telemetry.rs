@@ -2,15 +2,37 @@
 //!
 //! Metric labels are route names and rule names, never raw paths, so cardinality stays bounded.
 
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Installs the global JSON log subscriber. `level` is an env-filter directive such as `info`.
-pub fn init_logging(level: &str) {
+///
+/// Lines are formatted on the request's thread into a shared buffer; a background thread writes
+/// the buffer to stdout every 50 ms (at once past 256 KiB). The request path makes no system call
+/// and wakes no thread for logging. If stdout cannot keep up and 8 MiB are pending, further lines
+/// are dropped and counted in `ward_log_lines_dropped_total` (bounded memory, availability first).
+/// Keep the returned guard alive: dropping it writes out what is pending.
+pub fn init_logging(level: &str, metrics: &Metrics) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let sink = Arc::new(LogSink {
+        pending: Mutex::new(Vec::with_capacity(64 * 1024)),
+        wake: Condvar::new(),
+        stop: AtomicBool::new(false),
+        dropped: metrics.log_lines_dropped.clone(),
+    });
+    let writer = sink.clone();
+    let flusher = std::thread::Builder::new()
+        .name("ward-log".into())
+        .spawn(move || sink_loop(&writer))
+        .expect("spawning the log writer thread at start-up");
     let _ = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -18,8 +40,94 @@ pub fn init_logging(level: &str) {
         .with_span_list(false)
         .with_target(false)
         .with_env_filter(filter)
-        .with_writer(std::io::stdout)
+        .with_writer(LogWriter(sink.clone()))
         .try_init();
+    LogGuard {
+        sink,
+        flusher: Some(flusher),
+    }
+}
+
+const LOG_FLUSH_EVERY: Duration = Duration::from_millis(50);
+const LOG_FLUSH_AT: usize = 256 * 1024;
+const LOG_MAX_PENDING: usize = 8 * 1024 * 1024;
+
+struct LogSink {
+    pending: Mutex<Vec<u8>>,
+    wake: Condvar,
+    stop: AtomicBool,
+    dropped: IntCounter,
+}
+
+fn sink_loop(sink: &LogSink) {
+    let mut out = std::io::stdout();
+    let mut spare = Vec::with_capacity(64 * 1024);
+    loop {
+        let stopping = {
+            let guard = sink.pending.lock().expect("log buffer lock");
+            let (mut guard, _) = sink
+                .wake
+                .wait_timeout_while(guard, LOG_FLUSH_EVERY, |p| {
+                    p.len() < LOG_FLUSH_AT && !sink.stop.load(Ordering::Relaxed)
+                })
+                .expect("log buffer lock");
+            std::mem::swap(&mut *guard, &mut spare);
+            sink.stop.load(Ordering::Relaxed)
+        };
+        if !spare.is_empty() {
+            let _ = out.write_all(&spare);
+            let _ = out.flush();
+            spare.clear();
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Hands tracing a writer that appends to the shared buffer.
+#[derive(Clone)]
+struct LogWriter(Arc<LogSink>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut pending = self.0.pending.lock().expect("log buffer lock");
+        if pending.len() + buf.len() > LOG_MAX_PENDING {
+            self.0.dropped.inc();
+            return Ok(buf.len());
+        }
+        pending.extend_from_slice(buf);
+        if pending.len() >= LOG_FLUSH_AT {
+            self.0.wake.notify_one();
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+    fn make_writer(&'a self) -> LogWriter {
+        self.clone()
+    }
+}
+
+/// Writes out pending log lines when dropped.
+pub struct LogGuard {
+    sink: Arc<LogSink>,
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        self.sink.stop.store(true, Ordering::Relaxed);
+        self.sink.wake.notify_one();
+        if let Some(t) = self.flusher.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Every metric the proxy exports.
@@ -39,6 +147,7 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     pub rate_limit_keys_evicted: IntCounter,
     pub framing_rejections: IntCounterVec,
+    pub log_lines_dropped: IntCounter,
 }
 
 impl Default for Metrics {
@@ -149,7 +258,16 @@ impl Metrics {
         registry
             .register(Box::new(rate_limit_keys_evicted.clone()))
             .expect("registered once");
+        let log_lines_dropped = IntCounter::new(
+            "ward_log_lines_dropped_total",
+            "Log lines dropped because stdout could not keep up.",
+        )
+        .expect("valid counter");
+        registry
+            .register(Box::new(log_lines_dropped.clone()))
+            .expect("registered once");
         Metrics {
+            log_lines_dropped,
             registry,
             requests,
             request_duration,

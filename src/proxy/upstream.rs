@@ -35,7 +35,7 @@ pub fn client() -> UpstreamClient {
     connector.enforce_http(true);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256)
+        .pool_max_idle_per_host(2048)
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(connector)
