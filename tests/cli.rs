@@ -181,7 +181,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
             break v;
         }
     };
-    std::thread::spawn(move || for _ in lines {});
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<String>>());
     let addr: std::net::SocketAddr = serving["listen"].as_str().unwrap().parse().unwrap();
     let client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
@@ -189,11 +189,17 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .no_proxy()
         .build()
         .unwrap();
-    let url = format!("https://localhost:{}/slow", addr.port());
+    let url = format!(
+        "https://localhost:{}/slow?card=4111111111111111",
+        addr.port()
+    );
     let in_flight = tokio::spawn(async move {
         client
             .get(url)
             .header("x-delay-ms", "1500")
+            .header("authorization", "Bearer SECRET-TOKEN-123")
+            .header("cookie", "session=SECRET-COOKIE-456")
+            .header("x-request-id", "log-test-1")
             .send()
             .await
             .map(|r| r.status().as_u16())
@@ -214,4 +220,26 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "ward exits 0 after draining: {status:?}");
+
+    // The request's JSON log line: fields present, no query values, no credentials.
+    let lines = log.join().unwrap();
+    let line = lines
+        .iter()
+        .find(|l| l.contains("log-test-1"))
+        .expect("a log line for the request");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["request_id"], "log-test-1");
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/slow");
+    assert_eq!(v["route"], "all");
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["decision"], "allow");
+    assert_eq!(v["client_ip"], "127.0.0.1");
+    assert!(v["duration_ms"].as_f64().unwrap() > 0.0 && v["timestamp"].is_string());
+    for l in &lines {
+        assert!(
+            !l.contains("SECRET") && !l.contains("4111111111111111"),
+            "secret in log: {l}"
+        );
+    }
 }

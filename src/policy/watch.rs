@@ -90,3 +90,23 @@ pub async fn next_change(rx: &mut mpsc::Receiver<()>) -> Option<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_policy_files_and_kubernetes_swaps_wake_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = policy_names(dir.path());
+        assert!(matters(&dir.path().join("api.yaml"), &*names));
+        assert!(matters(&dir.path().join("..data"), &*names));
+        assert!(!matters(&dir.path().join("access.log"), &*names));
+        assert!(!matters(&dir.path().join(".api.yaml.swp"), &*names));
+        let file = dir.path().join("policy.yaml");
+        std::fs::write(&file, "").unwrap();
+        let one = policy_names(&file);
+        assert!(matters(&file, &*one));
+        assert!(!matters(&dir.path().join("other.yaml"), &*one));
+    }
+}
