@@ -194,3 +194,40 @@ async fn certificate_swap_applies_to_new_handshakes_and_bad_files_keep_the_old()
         "the last good certificate keeps serving"
     );
 }
+
+#[tokio::test]
+async fn requests_in_flight_finish_under_the_policy_they_started_with() {
+    let v1 = BASIC.replace(
+        "        Cache-Control: no-store",
+        "        Cache-Control: no-store\n        X-Policy-Version: one",
+    );
+    let p = start(&v1).await;
+    let c = p.client(true);
+    let url = p.url("/slow");
+    let slow = tokio::spawn(async move {
+        c.get(url)
+            .header("x-delay-ms", "1500")
+            .send()
+            .await
+            .unwrap()
+    });
+    assert!(eventually(Duration::from_secs(5), || async { p.upstream.count() == 1 }).await);
+    p.write_policy(&v1.replace("X-Policy-Version: one", "X-Policy-Version: two"));
+    let fresh = eventually(Duration::from_secs(2), || async {
+        p.client(false)
+            .get(p.url("/now"))
+            .send()
+            .await
+            .map(|r| r.headers()["x-policy-version"] == "two")
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(fresh, "new requests see the new policy");
+    let r = slow.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-policy-version"],
+        "one",
+        "the in-flight request kept its snapshot"
+    );
+}
