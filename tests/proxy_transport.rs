@@ -249,3 +249,66 @@ async fn plain_http_listener_only_redirects_and_answers_health() {
     );
     assert_eq!(p.upstream.count(), 0);
 }
+
+/// One raw HTTP/2 frame: 24-bit length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn http2_continuation_flood_ends_the_offending_connection_only() {
+    let p = start(BASIC).await;
+    let mut tls = p.tls_connect(&[b"h2"]).await;
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    tls.write_all(&h2_frame(0x4, 0, 0, &[])).await.unwrap();
+    // HEADERS without END_HEADERS: :method GET, :scheme https, :path /, then a literal header
+    // whose value never ends; CONTINUATION frames keep feeding it.
+    let mut block = vec![
+        0x82, 0x87, 0x84, 0x40, 0x03, b'x', b'-', b'a', 0x7f, 0xff, 0xff, 0x3f,
+    ];
+    block.extend(std::iter::repeat_n(b'a', 1024));
+    tls.write_all(&h2_frame(0x1, 0x0, 1, &block)).await.unwrap();
+    let chunk = vec![b'a'; 16 * 1024];
+    let mut sent = 0usize;
+    let mut ended = false;
+    // Bounded: at most 8 MiB of CONTINUATION frames, far past the 64 KiB header-list limit.
+    for _ in 0..512 {
+        if tls.write_all(&h2_frame(0x9, 0x0, 1, &chunk)).await.is_err() {
+            ended = true;
+            break;
+        }
+        sent += chunk.len();
+    }
+    if !ended {
+        // The proxy may have answered with GOAWAY and closed; read until end of stream.
+        let mut buf = vec![0u8; 64 * 1024];
+        ended = loop {
+            match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break true,
+                Ok(Ok(_)) => continue,
+                Err(_) => break false,
+            }
+        };
+    }
+    assert!(
+        ended,
+        "the connection survived {sent} bytes of CONTINUATION frames"
+    );
+    assert_eq!(p.upstream.count(), 0);
+    assert_eq!(
+        p.client(true)
+            .get(p.url("/fine"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "others are served"
+    );
+}
