@@ -1,0 +1,6 @@
+
+pub mod audit;
+pub mod errors;
+pub mod keys;
+pub mod store;
+pub mod validation;

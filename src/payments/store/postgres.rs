@@ -1,0 +1,40 @@
+//! The PostgreSQL store: the scale path, shared by several replicas. Concurrency comes from row
+//! locks (`UPDATE ... RETURNING` on the audit head, unique-index waits on idempotency keys);
+//! every statement has a server-side `statement_timeout`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+type Db = sqlx::Postgres;
+type Pool = sqlx::PgPool;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/payments/migrations/postgres");
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub(super) pool: Pool,
+}
+
+impl Backend {
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.options([(
+            "statement_timeout",
+            format!("{}", timeout.as_millis()),
+        )]);
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(timeout)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Backend { pool })
+    }
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, Db>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+}
+
+include!("ops.rs");
