@@ -51,8 +51,8 @@ pub struct Problem {
 /// Everything that can go wrong in a payments request.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("malformed request body: {0}")]
-    MalformedBody(String),
+    #[error("malformed request body: {detail}")]
+    MalformedBody { detail: String, field: Option<String> },
     #[error("invalid input")]
     Invalid(Vec<FieldError>),
     #[error("content type must be application/json")]
@@ -109,7 +109,7 @@ impl ApiError {
     /// Status, stable problem type and title. Exhaustive on purpose: no `_` arm.
     pub fn classify(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            ApiError::MalformedBody(_) => (StatusCode::BAD_REQUEST, "malformed-body", "Malformed request body"),
+            ApiError::MalformedBody { .. } => (StatusCode::BAD_REQUEST, "malformed-body", "Malformed request body"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed", "Invalid input"),
             ApiError::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -167,7 +167,7 @@ impl ApiError {
 
     fn detail(&self) -> Option<String> {
         match self {
-            ApiError::MalformedBody(d) | ApiError::InvalidQuery(d) => Some(d.clone()),
+            ApiError::MalformedBody { detail, .. } | ApiError::InvalidQuery(detail) => Some(detail.clone()),
             ApiError::IllegalTransition { from, to } => Some(format!("cannot move from {from} to {to}")),
             ApiError::AlreadyExists(what) => Some(format!("{what} already exists")),
             _ => None,
@@ -178,6 +178,10 @@ impl ApiError {
         let (status, kind, title) = self.classify();
         let errors = match self {
             ApiError::Invalid(errors) => errors.clone(),
+            ApiError::MalformedBody {
+                detail,
+                field: Some(field),
+            } => vec![FieldError::new(field.clone(), detail.clone())],
             _ => Vec::new(),
         };
         Problem {

@@ -312,6 +312,9 @@ pub fn write_data_key(dir: &Path, kid: &str) -> Result<PathBuf, KeyError> {
 pub struct DataKeys {
     active: String,
     keys: HashMap<String, Aes256Gcm>,
+    /// Keyed fingerprint for request bodies that contain personal data (idempotency comparison),
+    /// derived from the active key so a stored fingerprint cannot be brute-forced offline.
+    mac_key: [u8; 32],
 }
 
 impl std::fmt::Debug for DataKeys {
@@ -339,6 +342,7 @@ impl DataKeys {
             });
         };
         let mut map = HashMap::new();
+        let mut mac_key = [0u8; 32];
         for (kid, raw) in keys {
             check_kid(kid).map_err(|reason| KeyError::Invalid { setting: SETTING, reason })?;
             let text = String::from_utf8_lossy(raw);
@@ -358,12 +362,20 @@ impl DataKeys {
                     reason: format!("key {kid}: looks like a placeholder (all bytes equal)"),
                 });
             }
+            if kid == active {
+                use sha2::Digest;
+                let mut h = sha2::Sha256::new();
+                h.update(b"ward-payments request fingerprint v1");
+                h.update(&bytes);
+                mac_key = h.finalize().into();
+            }
             let cipher = Aes256Gcm::new_from_slice(&bytes).expect("length checked above");
             map.insert(kid.clone(), cipher);
         }
         Ok(DataKeys {
             active: active.clone(),
             keys: map,
+            mac_key,
         })
     }
 
@@ -373,6 +385,14 @@ impl DataKeys {
             raw.push((r.kid.clone(), read_secret_file("--data-key / WARD_PAYMENTS_DATA_KEYS", &r.path)?));
         }
         Self::from_raw(&raw)
+    }
+
+    /// HMAC-SHA256 fingerprint of `data`, hex encoded.
+    pub fn fingerprint(&self, data: &[u8]) -> String {
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.mac_key).expect("HMAC accepts any key length");
+        mac.update(data);
+        hex::encode(mac.finalize().into_bytes())
     }
 
     /// Encrypt with the active key; `aad` binds the ciphertext to its row. Output is nonce || ciphertext.
