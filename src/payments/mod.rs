@@ -89,7 +89,9 @@ pub async fn serve(listener: TcpListener, config: Config, store: Store, shutdown
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
-    tracing::info!(addr = ?listener.local_addr().ok(), "payments service listening");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(addr = %addr, "payments service listening");
+    }
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
