@@ -21,7 +21,7 @@ enum Command {
         #[command(subcommand)]
         command: Option<PaymentsCommand>,
         #[command(flatten)]
-        serve: payments::config::ServeArgs,
+        serve: Box<payments::config::ServeArgs>,
     },
     /// Key material.
     Keys {
@@ -38,7 +38,7 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum PaymentsCommand {
     /// Serve the payments API.
-    Serve(payments::config::ServeArgs),
+    Serve(Box<payments::config::ServeArgs>),
     /// Create a tenant and its first admin; prints a generated password once.
     Bootstrap {
         #[command(flatten)]
@@ -95,7 +95,8 @@ fn main() -> anyhow::Result<()> {
         .json()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
@@ -113,9 +114,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 name,
                 email,
             }) => {
-                let store = payments::store::Store::connect(&database.database_url, std::time::Duration::from_secs(10))
-                    .await
-                    .context("open the payments database")?;
+                let store = payments::store::Store::connect(
+                    &database.database_url,
+                    std::time::Duration::from_secs(10),
+                )
+                .await
+                .context("open the payments database")?;
                 let name = name.unwrap_or_else(|| tenant.clone());
                 let created = payments::bootstrap(&store, &tenant, &name, &email).await;
                 store.close().await;
@@ -142,7 +146,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 KeyKind::Secret => {
                     let path = out.join(format!("{kid}.secret"));
-                    payments::keys::write_private_file(&path, payments::keys::Secret::generate_text().as_bytes())?;
+                    payments::keys::write_private_file(
+                        &path,
+                        payments::keys::Secret::generate_text().as_bytes(),
+                    )?;
                     println!("secret: {}", path.display());
                 }
             }
@@ -158,7 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve_payments(args: payments::config::ServeArgs) -> anyhow::Result<()> {
+async fn serve_payments(args: Box<payments::config::ServeArgs>) -> anyhow::Result<()> {
     let config = payments::Config::load(&args)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

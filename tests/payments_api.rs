@@ -15,27 +15,58 @@ async fn payments_and_audit_of_another_tenant_are_invisible(kind: Kind) {
     let globex = svc.new_tenant("globex").await;
     let a = svc.login(&acme).await;
     let g = svc.login(&globex).await;
-    let created = svc.create_payment(&a.access, &new_key(), payment_body("10.00")).await;
+    let created = svc
+        .create_payment(&a.access, &new_key(), payment_body("10.00"))
+        .await;
     assert_eq!(created.status, StatusCode::CREATED, "{:?}", created.body);
     let id = created.body["id"].as_str().unwrap().to_string();
 
-    assert_eq!(svc.get(&format!("/v1/payments/{id}"), Some(&a.access)).await.status, StatusCode::OK);
+    assert_eq!(
+        svc.get(&format!("/v1/payments/{id}"), Some(&a.access))
+            .await
+            .status,
+        StatusCode::OK
+    );
     // Another tenant's payment is 404 (never 403): its existence is not revealed.
-    assert_problem(&svc.get(&format!("/v1/payments/{id}"), Some(&g.access)).await, 404);
-    assert_problem(&svc.post(&format!("/v1/payments/{id}/cancel"), Some(&g.access), json!({})).await, 404);
+    assert_problem(
+        &svc.get(&format!("/v1/payments/{id}"), Some(&g.access))
+            .await,
+        404,
+    );
+    assert_problem(
+        &svc.post(
+            &format!("/v1/payments/{id}/cancel"),
+            Some(&g.access),
+            json!({}),
+        )
+        .await,
+        404,
+    );
     let list = svc.get("/v1/payments", Some(&g.access)).await;
     assert_eq!(list.body["items"].as_array().unwrap().len(), 0);
     // The same idempotency key in another tenant is a different request, not a replay.
     let key = new_key();
-    let first = svc.create_payment(&a.access, &key, payment_body("1.00")).await;
-    let other = svc.create_payment(&g.access, &key, payment_body("1.00")).await;
+    let first = svc
+        .create_payment(&a.access, &key, payment_body("1.00"))
+        .await;
+    let other = svc
+        .create_payment(&g.access, &key, payment_body("1.00"))
+        .await;
     assert_eq!(other.status, StatusCode::CREATED);
     assert_ne!(first.body["id"], other.body["id"]);
 
-    let audit = svc.get(&format!("/v1/audit?resource_id={id}"), Some(&g.access)).await;
+    let audit = svc
+        .get(&format!("/v1/audit?resource_id={id}"), Some(&g.access))
+        .await;
     assert_eq!(audit.status, StatusCode::OK);
-    assert_eq!(audit.body["items"].as_array().unwrap().len(), 0, "audit is tenant-scoped");
-    let audit = svc.get(&format!("/v1/audit?resource_id={id}"), Some(&a.access)).await;
+    assert_eq!(
+        audit.body["items"].as_array().unwrap().len(),
+        0,
+        "audit is tenant-scoped"
+    );
+    let audit = svc
+        .get(&format!("/v1/audit?resource_id={id}"), Some(&a.access))
+        .await;
     assert_eq!(audit.body["items"][0]["action"], "payment.created");
     let all = svc.get("/v1/audit?limit=100", Some(&g.access)).await;
     for item in all.body["items"].as_array().unwrap() {
@@ -54,7 +85,10 @@ async fn twenty_concurrent_identical_requests_create_exactly_one_payment(kind: K
         let svc = svc.clone();
         let token = token.clone();
         let key = key.clone();
-        tasks.push(tokio::spawn(async move { svc.create_payment(&token, &key, payment_body("25.00")).await }));
+        tasks.push(tokio::spawn(async move {
+            svc.create_payment(&token, &key, payment_body("25.00"))
+                .await
+        }));
     }
     let mut ids = std::collections::HashSet::new();
     let mut replays = 0;
@@ -69,15 +103,25 @@ async fn twenty_concurrent_identical_requests_create_exactly_one_payment(kind: K
     assert_eq!(ids.len(), 1, "every response names the same payment");
     assert_eq!(replays, 19);
     assert_eq!(svc.db.raw_count("SELECT COUNT(*) FROM payments").await, 1);
-    let audit = svc.get("/v1/audit?action=payment.created", Some(&token)).await;
+    let audit = svc
+        .get("/v1/audit?action=payment.created", Some(&token))
+        .await;
     assert_eq!(audit.body["items"].as_array().unwrap().len(), 1);
     // Same key, different body: 422.
-    let r = svc.create_payment(&token, &key, payment_body("26.00")).await;
+    let r = svc
+        .create_payment(&token, &key, payment_body("26.00"))
+        .await;
     assert_problem(&r, 422);
     assert_eq!(r.body["type"], "urn:ward:problem:idempotency-key-reused");
     // No key at all: 400.
     let r = svc
-        .send(reqwest::Method::POST, "/v1/payments", Some(&token), Some(payment_body("1.00")), &[])
+        .send(
+            reqwest::Method::POST,
+            "/v1/payments",
+            Some(&token),
+            Some(payment_body("1.00")),
+            &[],
+        )
         .await;
     assert_problem(&r, 400);
 }
@@ -87,21 +131,40 @@ async fn status_changes_follow_the_state_machine(kind: Kind) {
     let svc = Service::start(kind).await;
     let acme = svc.new_tenant("acme").await;
     let t = svc.login(&acme).await.access;
-    let id = svc.create_payment(&t, &new_key(), payment_body("5.00")).await.body["id"]
+    let id = svc
+        .create_payment(&t, &new_key(), payment_body("5.00"))
+        .await
+        .body["id"]
         .as_str()
         .unwrap()
         .to_string();
-    let r = svc.post(&format!("/v1/payments/{id}/cancel"), Some(&t), json!({})).await;
+    let r = svc
+        .post(&format!("/v1/payments/{id}/cancel"), Some(&t), json!({}))
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["status"], "cancelled");
-    let again = svc.post(&format!("/v1/payments/{id}/cancel"), Some(&t), json!({})).await;
+    let again = svc
+        .post(&format!("/v1/payments/{id}/cancel"), Some(&t), json!({}))
+        .await;
     assert_problem(&again, 409);
     assert_eq!(again.body["type"], "urn:ward:problem:illegal-transition");
-    assert_eq!(svc.get(&format!("/v1/payments/{id}"), Some(&t)).await.body["status"], "cancelled");
-    let audit = svc.get(&format!("/v1/audit?resource_id={id}&action=payment.cancelled"), Some(&t)).await;
+    assert_eq!(
+        svc.get(&format!("/v1/payments/{id}"), Some(&t)).await.body["status"],
+        "cancelled"
+    );
+    let audit = svc
+        .get(
+            &format!("/v1/audit?resource_id={id}&action=payment.cancelled"),
+            Some(&t),
+        )
+        .await;
     assert_eq!(audit.body["items"][0]["details"]["from"], "pending");
     assert_eq!(audit.body["items"][0]["details"]["to"], "cancelled");
-    assert_problem(&svc.post("/v1/payments/not-a-uuid/cancel", Some(&t), json!({})).await, 404);
+    assert_problem(
+        &svc.post("/v1/payments/not-a-uuid/cancel", Some(&t), json!({}))
+            .await,
+        404,
+    );
 }
 both_stores!(status_changes_follow_the_state_machine);
 
@@ -109,16 +172,26 @@ async fn the_payer_account_is_encrypted_at_rest_and_shown_masked(kind: Kind) {
     let svc = Service::start(kind).await;
     let acme = svc.new_tenant("acme").await;
     let t = svc.login(&acme).await.access;
-    let r = svc.create_payment(&t, &new_key(), payment_body("5.00")).await;
+    let r = svc
+        .create_payment(&t, &new_key(), payment_body("5.00"))
+        .await;
     assert_eq!(r.body["payer_account"], "****3000");
     let id = r.body["id"].as_str().unwrap();
     let raw = svc
         .db
-        .raw_bytes(&format!("SELECT payer_ciphertext FROM payments WHERE id = '{id}'"))
+        .raw_bytes(&format!(
+            "SELECT payer_ciphertext FROM payments WHERE id = '{id}'"
+        ))
         .await;
     let plaintext = b"DE89370400440532013000";
-    assert!(raw.len() >= plaintext.len() + 12 + 16, "nonce and tag are stored");
-    assert!(!raw.windows(plaintext.len()).any(|w| w == plaintext), "raw column holds no plaintext");
+    assert!(
+        raw.len() >= plaintext.len() + 12 + 16,
+        "nonce and tag are stored"
+    );
+    assert!(
+        !raw.windows(plaintext.len()).any(|w| w == plaintext),
+        "raw column holds no plaintext"
+    );
     assert!(!raw.windows(10).any(|w| w == b"3704004405"));
     // Nowhere else in the database either: not in the idempotency record, not in the audit trail.
     for table in ["payments", "idempotency_keys", "audit_log"] {
@@ -135,7 +208,11 @@ async fn the_payer_account_is_encrypted_at_rest_and_shown_masked(kind: Kind) {
     // It decrypts with the configured key.
     let store = svc.store().await;
     let row = store.payment(&acme.tenant_id, id).await.unwrap().unwrap();
-    let opened = svc.config.data_keys.open(&row.payer_key_id, &row.payer_ciphertext, id.as_bytes()).unwrap();
+    let opened = svc
+        .config
+        .data_keys
+        .open(&row.payer_key_id, &row.payer_ciphertext, id.as_bytes())
+        .unwrap();
     assert_eq!(opened, plaintext);
     store.close().await;
 }
@@ -172,11 +249,27 @@ async fn every_invalid_input_gets_a_4xx_with_a_clear_message(kind: Kind) {
         (with("currency", json!("eur")), 422, "currency"),
         (with("currency", json!("XAU")), 422, "currency"),
         (with("description", json!("a\u{0007}b")), 422, "description"),
-        (with("description", json!("x".repeat(501))), 422, "description"),
-        (with("description", json!("evil\u{202E}txt")), 422, "description"),
+        (
+            with("description", json!("x".repeat(501))),
+            422,
+            "description",
+        ),
+        (
+            with("description", json!("evil\u{202E}txt")),
+            422,
+            "description",
+        ),
         (with("payer_account", json!("12")), 422, "payer_account"),
-        (with("payer_account", json!("DE89<script>")), 422, "payer_account"),
-        (with("payer_account", json!("DE89\n3704")), 422, "payer_account"),
+        (
+            with("payer_account", json!("DE89<script>")),
+            422,
+            "payer_account",
+        ),
+        (
+            with("payer_account", json!("DE89\n3704")),
+            422,
+            "payer_account",
+        ),
         (with("surprise", json!(true)), 400, "."),
         (json!({ "amount": "1.00", "currency": "EUR" }), 400, "."),
     ];
@@ -186,12 +279,15 @@ async fn every_invalid_input_gets_a_4xx_with_a_clear_message(kind: Kind) {
         let text = r.body.to_string();
         if field != "." {
             assert!(
-                r.body["errors"].as_array().is_some_and(|e| e.iter().any(|e| e["field"] == field)),
+                r.body["errors"]
+                    .as_array()
+                    .is_some_and(|e| e.iter().any(|e| e["field"] == field)),
                 "{body} should name field {field}: {text}"
             );
         }
         assert!(
-            r.body["errors"][0]["message"].as_str().is_some() || r.body["detail"].as_str().is_some(),
+            r.body["errors"][0]["message"].as_str().is_some()
+                || r.body["detail"].as_str().is_some(),
             "{body} should explain: {text}"
         );
     }
@@ -201,14 +297,23 @@ async fn every_invalid_input_gets_a_4xx_with_a_clear_message(kind: Kind) {
     jpy["amount"] = json!("500.5");
     assert_problem(&svc.create_payment(&t, &new_key(), jpy.clone()).await, 422);
     jpy["amount"] = json!("500");
-    assert_eq!(svc.create_payment(&t, &new_key(), jpy).await.status, StatusCode::CREATED);
+    assert_eq!(
+        svc.create_payment(&t, &new_key(), jpy).await.status,
+        StatusCode::CREATED
+    );
     // Several bad fields at once are all reported.
     let r = svc
-        .create_payment(&t, &new_key(), json!({ "amount": "0", "currency": "EUR", "payer_account": "1" }))
+        .create_payment(
+            &t,
+            &new_key(),
+            json!({ "amount": "0", "currency": "EUR", "payer_account": "1" }),
+        )
         .await;
     assert_eq!(r.body["errors"].as_array().unwrap().len(), 2);
     // NFC normalization: a decomposed é is stored composed.
-    let r = svc.create_payment(&t, &new_key(), with("description", json!("Cafe\u{301}"))).await;
+    let r = svc
+        .create_payment(&t, &new_key(), with("description", json!("Cafe\u{301}")))
+        .await;
     assert_eq!(r.body["description"], "Caf\u{e9}");
     // Not JSON, wrong media type, too large, trailing garbage, bad query, unknown route and method.
     let r = svc
@@ -244,7 +349,11 @@ async fn every_invalid_input_gets_a_4xx_with_a_clear_message(kind: Kind) {
     assert_problem(&svc.get("/v1/payments?bogus=1", Some(&t)).await, 400);
     assert_problem(&svc.get("/v1/audit?since=yesterday", Some(&t)).await, 422);
     assert_problem(&svc.get("/v1/nothing", Some(&t)).await, 404);
-    assert_problem(&svc.send(reqwest::Method::DELETE, "/v1/payments", Some(&t), None, &[]).await, 405);
+    assert_problem(
+        &svc.send(reqwest::Method::DELETE, "/v1/payments", Some(&t), None, &[])
+            .await,
+        405,
+    );
     let r = svc.try_login("Bad Tenant!", "not-an-email", "").await;
     assert_problem(&r, 422);
     assert_eq!(r.body["errors"].as_array().unwrap().len(), 3);
@@ -259,11 +368,14 @@ async fn listing_filters_by_status_and_pages_with_a_cursor(kind: Kind) {
     let t = svc.login(&acme).await.access;
     let mut ids = Vec::new();
     for i in 0..7 {
-        let r = svc.create_payment(&t, &new_key(), payment_body(&format!("{}.00", i + 1))).await;
+        let r = svc
+            .create_payment(&t, &new_key(), payment_body(&format!("{}.00", i + 1)))
+            .await;
         ids.push(r.body["id"].as_str().unwrap().to_string());
     }
     for id in &ids[..2] {
-        svc.post(&format!("/v1/payments/{id}/cancel"), Some(&t), json!({})).await;
+        svc.post(&format!("/v1/payments/{id}/cancel"), Some(&t), json!({}))
+            .await;
     }
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -299,7 +411,14 @@ async fn operational_endpoints_answer_and_the_request_id_reaches_logs_and_audit(
     assert_eq!(svc.get("/readyz", None).await.status, StatusCode::OK);
     let doc = svc.get("/openapi.json", None).await;
     assert!(doc.body["openapi"].as_str().unwrap().starts_with("3.1"));
-    for path in ["/v1/auth/login", "/v1/auth/refresh", "/v1/payments", "/v1/payments/{id}/cancel", "/v1/webhooks/psp", "/v1/audit"] {
+    for path in [
+        "/v1/auth/login",
+        "/v1/auth/refresh",
+        "/v1/payments",
+        "/v1/payments/{id}/cancel",
+        "/v1/webhooks/psp",
+        "/v1/audit",
+    ] {
         assert!(doc.body["paths"][path].is_object(), "{path} documented");
     }
     let acme = svc.new_tenant("acme").await;
@@ -310,16 +429,34 @@ async fn operational_endpoints_answer_and_the_request_id_reaches_logs_and_audit(
             "/v1/payments",
             Some(&t),
             Some(payment_body("3.00")),
-            &[("idempotency-key", "rid-test"), ("x-request-id", "req-from-proxy-123"), ("x-forwarded-for", "203.0.113.7")],
+            &[
+                ("idempotency-key", "rid-test"),
+                ("x-request-id", "req-from-proxy-123"),
+                ("x-forwarded-for", "203.0.113.7"),
+            ],
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.headers.get("x-request-id").unwrap(), "req-from-proxy-123");
     let audit = svc.get("/v1/audit?action=payment.created", Some(&t)).await;
     assert_eq!(audit.body["items"][0]["request_id"], "req-from-proxy-123");
-    assert_eq!(audit.body["items"][0]["client_ip"], "203.0.113.7", "XFF from a loopback proxy is believed");
-    let metrics = svc.client.get(format!("{}/metrics", svc.base)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("ward_payments_created_total 1"), "{metrics}");
+    assert_eq!(
+        audit.body["items"][0]["client_ip"], "203.0.113.7",
+        "XFF from a loopback proxy is believed"
+    );
+    let metrics = svc
+        .client
+        .get(format!("{}/metrics", svc.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ward_payments_created_total 1"),
+        "{metrics}"
+    );
     assert!(metrics.contains("route=\"/v1/payments\""));
 }
 both_stores!(operational_endpoints_answer_and_the_request_id_reaches_logs_and_audit);

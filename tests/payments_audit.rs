@@ -15,7 +15,11 @@ fn verify(url: &str) -> (bool, String) {
         .env("RUST_LOG", "error")
         .output()
         .expect("run ward audit verify");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -25,12 +29,16 @@ async fn busy_tenant(svc: &Service) -> (payments_support::Creds, String) {
     let t = svc.login(&acme).await.access;
     let mut last = String::new();
     for amount in ["1.00", "2.00", "3.00"] {
-        last = svc.create_payment(&t, &new_key(), payment_body(amount)).await.body["id"]
+        last = svc
+            .create_payment(&t, &new_key(), payment_body(amount))
+            .await
+            .body["id"]
             .as_str()
             .unwrap()
             .to_string();
     }
-    svc.post(&format!("/v1/payments/{last}/cancel"), Some(&t), json!({})).await;
+    svc.post(&format!("/v1/payments/{last}/cancel"), Some(&t), json!({}))
+        .await;
     (acme, t)
 }
 
@@ -44,7 +52,13 @@ async fn editing_an_audit_row_makes_verify_fail_at_that_row(kind: Kind) {
     let id_of_3 = {
         let store = svc.store().await;
         let rows = store
-            .list_audit(&acme.tenant_id, &ward::payments::store::AuditFilter { limit: 100, ..Default::default() })
+            .list_audit(
+                &acme.tenant_id,
+                &ward::payments::store::AuditFilter {
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         store.close().await;
@@ -60,7 +74,10 @@ async fn editing_an_audit_row_makes_verify_fail_at_that_row(kind: Kind) {
     assert_eq!(changed, 1);
     let (ok, text) = verify(&svc.db.url);
     assert!(!ok, "an edited row must fail verification");
-    assert!(text.contains("seq 3") && text.contains(&id_of_3) && text.contains("altered"), "{text}");
+    assert!(
+        text.contains("seq 3") && text.contains(&id_of_3) && text.contains("altered"),
+        "{text}"
+    );
 }
 both_stores!(editing_an_audit_row_makes_verify_fail_at_that_row);
 
@@ -68,7 +85,10 @@ async fn deleting_an_audit_row_makes_verify_fail_at_that_row(kind: Kind) {
     let svc = Service::start(kind).await;
     let (acme, _) = busy_tenant(&svc).await;
     svc.db
-        .raw_execute(&format!("DELETE FROM audit_log WHERE tenant_id = '{}' AND seq = 4", acme.tenant_id))
+        .raw_execute(&format!(
+            "DELETE FROM audit_log WHERE tenant_id = '{}' AND seq = 4",
+            acme.tenant_id
+        ))
         .await;
     let (ok, text) = verify(&svc.db.url);
     assert!(!ok);
@@ -80,7 +100,10 @@ async fn deleting_the_newest_audit_rows_is_detected(kind: Kind) {
     let svc = Service::start(kind).await;
     let (acme, _) = busy_tenant(&svc).await;
     svc.db
-        .raw_execute(&format!("DELETE FROM audit_log WHERE tenant_id = '{}' AND seq >= 5", acme.tenant_id))
+        .raw_execute(&format!(
+            "DELETE FROM audit_log WHERE tenant_id = '{}' AND seq >= 5",
+            acme.tenant_id
+        ))
         .await;
     let (ok, text) = verify(&svc.db.url);
     assert!(!ok);
@@ -91,15 +114,26 @@ both_stores!(deleting_the_newest_audit_rows_is_detected);
 async fn every_auth_and_payment_event_is_recorded_with_its_context(kind: Kind) {
     let svc = Service::start(kind).await;
     let (acme, t) = busy_tenant(&svc).await;
-    svc.try_login(&acme.tenant, &acme.email, "wrong-password!").await;
+    svc.try_login(&acme.tenant, &acme.email, "wrong-password!")
+        .await;
     let second = svc.login(&acme).await;
-    let r = svc.post("/v1/auth/refresh", None, json!({ "refresh_token": second.refresh })).await;
+    let r = svc
+        .post(
+            "/v1/auth/refresh",
+            None,
+            json!({ "refresh_token": second.refresh }),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
-    svc.post("/v1/auth/logout", Some(&second.access), json!({})).await;
+    svc.post("/v1/auth/logout", Some(&second.access), json!({}))
+        .await;
     let all = svc.get("/v1/audit?limit=100", Some(&t)).await;
     assert_eq!(all.status, StatusCode::OK);
     let items = all.body["items"].as_array().unwrap();
-    let actions: Vec<&str> = items.iter().map(|i| i["action"].as_str().unwrap()).collect();
+    let actions: Vec<&str> = items
+        .iter()
+        .map(|i| i["action"].as_str().unwrap())
+        .collect();
     for a in [
         "user.created",
         "auth.login_succeeded",
@@ -125,15 +159,26 @@ async fn every_auth_and_payment_event_is_recorded_with_its_context(kind: Kind) {
         assert_eq!(i["hash"].as_str().unwrap().len(), 64);
     }
     // Filters: action, resource type, time window, cursor.
-    let pays = svc.get("/v1/audit?resource_type=payment&limit=2", Some(&t)).await;
+    let pays = svc
+        .get("/v1/audit?resource_type=payment&limit=2", Some(&t))
+        .await;
     assert_eq!(pays.body["items"].as_array().unwrap().len(), 2);
     let cursor = pays.body["next_cursor"].as_str().unwrap();
-    let rest = svc.get(&format!("/v1/audit?resource_type=payment&limit=2&cursor={cursor}"), Some(&t)).await;
+    let rest = svc
+        .get(
+            &format!("/v1/audit?resource_type=payment&limit=2&cursor={cursor}"),
+            Some(&t),
+        )
+        .await;
     assert_eq!(rest.body["items"].as_array().unwrap().len(), 2);
     assert!(rest.body["items"][0]["seq"].as_i64() < pays.body["items"][1]["seq"].as_i64());
-    let future = svc.get("/v1/audit?since=2999-01-01T00:00:00Z", Some(&t)).await;
+    let future = svc
+        .get("/v1/audit?since=2999-01-01T00:00:00Z", Some(&t))
+        .await;
     assert_eq!(future.body["items"].as_array().unwrap().len(), 0);
-    let past = svc.get("/v1/audit?until=2000-01-01T00:00:00Z", Some(&t)).await;
+    let past = svc
+        .get("/v1/audit?until=2000-01-01T00:00:00Z", Some(&t))
+        .await;
     assert_eq!(past.body["items"].as_array().unwrap().len(), 0);
     let (ok, text) = verify(&svc.db.url);
     assert!(ok, "{text}");

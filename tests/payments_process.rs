@@ -60,21 +60,30 @@ fn spawn(db: &TestDb, keys: &KeyFiles) -> Proc {
             if let Some(t) = &tx {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                     if v["fields"]["message"] == "payments service listening" {
-                        let _ = t.send(v["fields"]["addr"].as_str().unwrap_or_default().to_string());
+                        let _ =
+                            t.send(v["fields"]["addr"].as_str().unwrap_or_default().to_string());
                         tx = None;
                     }
                 }
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).expect("ward payments starts listening");
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("ward payments starts listening");
     Proc {
         child,
         base: format!("http://{addr}"),
     }
 }
 
-async fn post(client: &reqwest::Client, url: String, token: Option<&str>, key: Option<&str>, body: serde_json::Value) -> Result<(StatusCode, serde_json::Value), reqwest::Error> {
+async fn post(
+    client: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    key: Option<&str>,
+    body: serde_json::Value,
+) -> Result<(StatusCode, serde_json::Value), reqwest::Error> {
     let mut req = client.post(url).json(&body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -105,12 +114,19 @@ async fn login(client: &reqwest::Client, base: &str, c: &ward::payments::Bootstr
 async fn every_payment_that_got_201_survives_kill_9_with_its_audit_record(kind: Kind) {
     let db = TestDb::new(kind).await;
     let keys = write_key_files(db.dir.path());
-    let store = ward::payments::store::Store::connect(&db.url, Duration::from_secs(5)).await.unwrap();
-    let creds = ward::payments::bootstrap(&store, "crash", "Crash test", "ops@example.com").await.unwrap();
+    let store = ward::payments::store::Store::connect(&db.url, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let creds = ward::payments::bootstrap(&store, "crash", "Crash test", "ops@example.com")
+        .await
+        .unwrap();
     store.close().await;
 
     let proc = spawn(&db, &keys);
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
     let token = login(&client, &proc.base, &creds).await;
 
     let confirmed = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -126,9 +142,20 @@ async fn every_payment_that_got_201_survives_kill_9_with_its_audit_record(kind: 
                 if stop.load(Ordering::SeqCst) {
                     break;
                 }
-                match post(&client, format!("{base}/v1/payments"), Some(&token), Some(&new_key()), payment_body("4.20")).await {
+                match post(
+                    &client,
+                    format!("{base}/v1/payments"),
+                    Some(&token),
+                    Some(&new_key()),
+                    payment_body("4.20"),
+                )
+                .await
+                {
                     Ok((StatusCode::CREATED, v)) => {
-                        confirmed.lock().unwrap().push(v["id"].as_str().unwrap().to_string());
+                        confirmed
+                            .lock()
+                            .unwrap()
+                            .push(v["id"].as_str().unwrap().to_string());
                         count.fetch_add(1, Ordering::SeqCst);
                     }
                     Ok((status, v)) => panic!("unexpected {status}: {v:?}"),
@@ -163,9 +190,16 @@ async fn every_payment_that_got_201_survives_kill_9_with_its_audit_record(kind: 
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "payment {id} got 201 but is gone");
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "payment {id} got 201 but is gone"
+        );
         let a: serde_json::Value = client
-            .get(format!("{}/v1/audit?action=payment.created&resource_id={id}", proc.base))
+            .get(format!(
+                "{}/v1/audit?action=payment.created&resource_id={id}",
+                proc.base
+            ))
             .bearer_auth(&token)
             .send()
             .await
@@ -173,13 +207,21 @@ async fn every_payment_that_got_201_survives_kill_9_with_its_audit_record(kind: 
             .json()
             .await
             .unwrap();
-        assert_eq!(a["items"].as_array().unwrap().len(), 1, "payment {id} has no audit record");
+        assert_eq!(
+            a["items"].as_array().unwrap().len(),
+            1,
+            "payment {id} has no audit record"
+        );
     }
     let out = Command::new(env!("CARGO_BIN_EXE_ward"))
         .args(["audit", "verify", "--database-url", &db.url])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 both_stores!(every_payment_that_got_201_survives_kill_9_with_its_audit_record);
 
@@ -210,18 +252,28 @@ async fn missing_or_insecure_configuration_fails_fast_naming_the_setting() {
     assert!(start_fails(&without("--webhook-secret-file")).contains("--webhook-secret-file"));
 
     let placeholder = db.dir.path().join("placeholder.secret");
-    ward::payments::keys::write_private_file(&placeholder, b"changeme-changeme-changeme-changeme").unwrap();
+    ward::payments::keys::write_private_file(&placeholder, b"changeme-changeme-changeme-changeme")
+        .unwrap();
     let mut args = without("--webhook-secret-file");
-    args.extend(["--webhook-secret-file".to_string(), placeholder.display().to_string()]);
+    args.extend([
+        "--webhook-secret-file".to_string(),
+        placeholder.display().to_string(),
+    ]);
     let err = start_fails(&args);
-    assert!(err.contains("--webhook-secret-file") && err.contains("placeholder"), "{err}");
+    assert!(
+        err.contains("--webhook-secret-file") && err.contains("placeholder"),
+        "{err}"
+    );
 
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&keys.signing, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = start_fails(&full);
-        assert!(err.contains("--signing-key") && err.contains("chmod 600"), "{err}");
+        assert!(
+            err.contains("--signing-key") && err.contains("chmod 600"),
+            "{err}"
+        );
     }
 }
 
@@ -236,13 +288,21 @@ async fn keys_generate_writes_a_usable_keypair_with_private_permissions() {
     assert!(out.status.success());
     let private = std::fs::read_to_string(dir.path().join("k-2026.private.pem")).unwrap();
     let public = std::fs::read_to_string(dir.path().join("k-2026.public.pem")).unwrap();
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("PRIVATE KEY"), "key material is not printed");
-    let keys = ward::payments::keys::SigningKeys::from_pems("k-2026", &private, &[("old".into(), public)]).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("PRIVATE KEY"),
+        "key material is not printed"
+    );
+    let keys =
+        ward::payments::keys::SigningKeys::from_pems("k-2026", &private, &[("old".into(), public)])
+            .unwrap();
     assert_eq!(keys.jwks()["keys"].as_array().unwrap().len(), 2);
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join("k-2026.private.pem")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("k-2026.private.pem"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0);
     }
 }

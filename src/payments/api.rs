@@ -33,8 +33,8 @@ use super::auth::{self, Principal, Role};
 use super::errors::{invalid, ApiError, FieldError, Problem, REQUEST_ID};
 use super::metrics::Metrics;
 use super::store::{
-    AuditFilter, IdempotentOutcome, NewSession, NewUser, PaymentFilter, PaymentRow, RefreshOutcome, Store, StoreError,
-    StoredResponse, Transition, TransitionOutcome,
+    AuditFilter, IdempotentOutcome, NewSession, NewUser, PaymentFilter, PaymentRow, RefreshOutcome,
+    Store, StoreError, StoredResponse, Transition, TransitionOutcome,
 };
 use super::{validation, webhook, Config};
 
@@ -73,14 +73,24 @@ impl AppState {
     }
 
     async fn hash_password(&self, password: String) -> String {
-        let _permit = self.0.hash_permits.acquire().await.expect("semaphore is never closed");
+        let _permit = self
+            .0
+            .hash_permits
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
         tokio::task::spawn_blocking(move || auth::hash_password(&password))
             .await
             .expect("password hashing does not panic")
     }
 
     async fn verify_password(&self, password: String, phc: String) -> bool {
-        let _permit = self.0.hash_permits.acquire().await.expect("semaphore is never closed");
+        let _permit = self
+            .0
+            .hash_permits
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
         tokio::task::spawn_blocking(move || auth::verify_password(&password, &phc))
             .await
             .expect("password verification does not panic")
@@ -142,7 +152,12 @@ async fn tag_route(matched: MatchedPath, req: Request<Body>, next: Next) -> Resp
 
 /// The request shell: establish request id and client IP, run the router inside the request's
 /// span, then log one line and record metrics.
-pub async fn handle(router: Router, state: AppState, peer: SocketAddr, mut req: Request<hyper::body::Incoming>) -> Response {
+pub async fn handle(
+    router: Router,
+    state: AppState,
+    peer: SocketAddr,
+    mut req: Request<hyper::body::Incoming>,
+) -> Response {
     let started = Instant::now();
     let request_id = request_id_from(req.headers());
     let client_ip = client_ip(&state.config().trusted_proxies, peer, req.headers());
@@ -198,7 +213,8 @@ fn request_id_from(headers: &HeaderMap) -> String {
         .filter(|v| {
             !v.is_empty()
                 && v.len() <= 128
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
         })
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
@@ -224,7 +240,11 @@ fn client_ip(trusted: &[IpAddr], peer: SocketAddr, headers: &HeaderMap) -> IpAdd
 }
 
 /// Read a strict JSON body: `application/json`, within the size limit, no unknown fields, no trailing data.
-async fn read_json<T: DeserializeOwned>(state: &AppState, headers: &HeaderMap, body: Body) -> Result<(T, Bytes), ApiError> {
+async fn read_json<T: DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(T, Bytes), ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -247,7 +267,8 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::BodyTooLarge);
     }
-    let read = tokio::time::timeout(Duration::from_secs(10), axum::body::to_bytes(body, limit)).await;
+    let read =
+        tokio::time::timeout(Duration::from_secs(10), axum::body::to_bytes(body, limit)).await;
     match read {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(_)) => Err(ApiError::BodyTooLarge),
@@ -274,8 +295,11 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-fn parse_query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(v)| v).map_err(|e| ApiError::InvalidQuery(e.body_text()))
+fn parse_query<T>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|Query(v)| v)
+        .map_err(|e| ApiError::InvalidQuery(e.body_text()))
 }
 
 /// A caller whose access token verified and whose session is still active.
@@ -284,7 +308,10 @@ pub struct Authed(pub Principal);
 impl FromRequestParts<AppState> for Authed {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -322,7 +349,10 @@ fn now_ms() -> i64 {
 fn rfc3339(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -343,7 +373,10 @@ async fn healthz() -> Response {
     (status = 503, description = "The database does not answer", body = Problem, content_type = "application/problem+json")))]
 async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError> {
     state.store().ping().await.map_err(ApiError::Unavailable)?;
-    Ok(json_response(StatusCode::OK, &serde_json::json!({ "status": "ready" })))
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "status": "ready" }),
+    ))
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format")))]
@@ -363,9 +396,10 @@ async fn openapi() -> Response {
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth", responses((status = 200, description = "Public keys that verify access tokens (JWK Set)")))]
 async fn jwks(State(state): State<AppState>) -> Response {
     let mut response = json_response(StatusCode::OK, &state.config().tokens.keys.jwks());
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=300"));
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
     response
 }
 
@@ -400,7 +434,9 @@ pub struct TokenResponse {
 
 fn token_response(state: &AppState, p: &Principal, refresh_token: String) -> Response {
     let cfg = state.config();
-    let access = cfg.tokens.issue(&p.user_id, &p.tenant_id, p.role, &p.session_id);
+    let access = cfg
+        .tokens
+        .issue(&p.user_id, &p.tenant_id, p.role, &p.session_id);
     json_response(
         StatusCode::OK,
         &TokenResponse {
@@ -435,8 +471,12 @@ async fn login(
 ) -> Result<Response, ApiError> {
     let (req, _) = read_json::<LoginRequest>(&state, &headers, body).await?;
     let mut errors = Vec::new();
-    let slug = validation::parse_slug(&req.tenant).map_err(|e| errors.push(e)).ok();
-    let email = validation::parse_email(&req.email).map_err(|e| errors.push(e)).ok();
+    let slug = validation::parse_slug(&req.tenant)
+        .map_err(|e| errors.push(e))
+        .ok();
+    let email = validation::parse_email(&req.email)
+        .map_err(|e| errors.push(e))
+        .ok();
     if req.password.is_empty() || req.password.chars().count() > validation::PASSWORD_MAX_CHARS {
         errors.push(FieldError::new("password", "must be 1 to 256 characters"));
     }
@@ -459,7 +499,7 @@ async fn login(
     let masked = validation::mask_email(&email);
     let metrics = &state.0.metrics;
     match user {
-        Some(user) if password_ok && !user.locked_until.is_some_and(|t| t > now) => {
+        Some(user) if password_ok && user.locked_until.is_none_or(|t| t <= now) => {
             let (session, refresh_token) = new_session(&state);
             let ev = AuditEvent::new(
                 &ctx.audit(format!("user:{}", user.id)),
@@ -470,8 +510,12 @@ async fn login(
                 serde_json::json!({ "email": masked }),
             );
             store.login_succeeded(&user, &session, &ev).await?;
-            metrics.auth_events_total.with_label_values(&["login_succeeded"]).inc();
-            let role = Role::parse(&user.role).ok_or_else(|| ApiError::Internal(StoreError::Corrupt("role".into())))?;
+            metrics
+                .auth_events_total
+                .with_label_values(&["login_succeeded"])
+                .inc();
+            let role = Role::parse(&user.role)
+                .ok_or_else(|| ApiError::Internal(StoreError::Corrupt("role".into())))?;
             let principal = Principal {
                 user_id: user.id,
                 tenant_id: user.tenant_id,
@@ -483,7 +527,11 @@ async fn login(
         Some(user) => {
             let locked = user.locked_until.is_some_and(|t| t > now);
             let actx = ctx.audit(format!("user:{}", user.id));
-            let reason = if locked { "account_locked" } else { "wrong_password" };
+            let reason = if locked {
+                "account_locked"
+            } else {
+                "wrong_password"
+            };
             let ev = AuditEvent::new(
                 &actx,
                 &user.tenant_id,
@@ -503,15 +551,26 @@ async fn login(
                     "locked_for_seconds": state.config().lockout.duration.as_secs(),
                 }),
             );
-            let locked_now = store.login_failed(&user, state.config().lockout, &ev, &lock_ev).await?;
-            metrics.auth_events_total.with_label_values(&["login_failed"]).inc();
+            let locked_now = store
+                .login_failed(&user, state.config().lockout, &ev, &lock_ev)
+                .await?;
+            metrics
+                .auth_events_total
+                .with_label_values(&["login_failed"])
+                .inc();
             if locked_now {
-                metrics.auth_events_total.with_label_values(&["lockout"]).inc();
+                metrics
+                    .auth_events_total
+                    .with_label_values(&["lockout"])
+                    .inc();
             }
             Err(ApiError::InvalidCredentials)
         }
         None => {
-            let tenant_id = tenant.as_ref().map(|t| t.id.as_str()).unwrap_or(SYSTEM_TENANT);
+            let tenant_id = tenant
+                .as_ref()
+                .map(|t| t.id.as_str())
+                .unwrap_or(SYSTEM_TENANT);
             let ev = AuditEvent::new(
                 &ctx.audit("anonymous"),
                 tenant_id,
@@ -521,7 +580,10 @@ async fn login(
                 serde_json::json!({ "email": masked, "tenant": slug, "reason": "unknown_user" }),
             );
             store.append_audit(&ev).await?;
-            metrics.auth_events_total.with_label_values(&["login_failed"]).inc();
+            metrics
+                .auth_events_total
+                .with_label_values(&["login_failed"])
+                .inc();
             Err(ApiError::InvalidCredentials)
         }
     }
@@ -543,7 +605,14 @@ async fn refresh(
     let (next, token) = new_session(&state);
     let actx = ctx.audit("user");
     // Tenant, actor and resource are filled in by the store once it knows the token's session.
-    let ok_ev = AuditEvent::new(&actx, SYSTEM_TENANT, "auth.refresh", "session", "", serde_json::json!({}));
+    let ok_ev = AuditEvent::new(
+        &actx,
+        SYSTEM_TENANT,
+        "auth.refresh",
+        "session",
+        "",
+        serde_json::json!({}),
+    );
     let reuse_ev = AuditEvent::new(
         &actx,
         SYSTEM_TENANT,
@@ -554,15 +623,23 @@ async fn refresh(
     );
     let hash = auth::refresh_token_hash(&req.refresh_token);
     let metrics = &state.0.metrics;
-    match state.store().rotate_refresh(&hash, &next, &ok_ev, &reuse_ev).await? {
+    match state
+        .store()
+        .rotate_refresh(&hash, &next, &ok_ev, &reuse_ev)
+        .await?
+    {
         RefreshOutcome::Rotated {
             user_id,
             tenant_id,
             role,
             session_id,
         } => {
-            metrics.auth_events_total.with_label_values(&["refresh"]).inc();
-            let role = Role::parse(&role).ok_or_else(|| ApiError::Internal(StoreError::Corrupt("role".into())))?;
+            metrics
+                .auth_events_total
+                .with_label_values(&["refresh"])
+                .inc();
+            let role = Role::parse(&role)
+                .ok_or_else(|| ApiError::Internal(StoreError::Corrupt("role".into())))?;
             let principal = Principal {
                 user_id,
                 tenant_id,
@@ -573,7 +650,10 @@ async fn refresh(
         }
         RefreshOutcome::ReuseDetected => {
             tracing::warn!("refresh token reuse detected; session revoked");
-            metrics.auth_events_total.with_label_values(&["refresh_reuse_detected"]).inc();
+            metrics
+                .auth_events_total
+                .with_label_values(&["refresh_reuse_detected"])
+                .inc();
             Err(ApiError::InvalidRefreshToken)
         }
         RefreshOutcome::Invalid => Err(ApiError::InvalidRefreshToken),
@@ -596,8 +676,16 @@ async fn logout(
         &p.session_id,
         serde_json::json!({}),
     );
-    state.store().revoke_session(&p.tenant_id, &p.session_id, "logout", &ev).await?;
-    state.0.metrics.auth_events_total.with_label_values(&["logout"]).inc();
+    state
+        .store()
+        .revoke_session(&p.tenant_id, &p.session_id, "logout", &ev)
+        .await?;
+    state
+        .0
+        .metrics
+        .auth_events_total
+        .with_label_values(&["logout"])
+        .inc();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -620,13 +708,17 @@ async fn change_password(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (req, _) = read_json::<PasswordChangeRequest>(&state, &headers, body).await?;
-    validation::check_new_password("new_password", &req.new_password).map_err(|e| ApiError::Invalid(vec![e]))?;
+    validation::check_new_password("new_password", &req.new_password)
+        .map_err(|e| ApiError::Invalid(vec![e]))?;
     let user = state
         .store()
         .user_by_id(&p.tenant_id, &p.user_id)
         .await?
         .ok_or(ApiError::InvalidToken)?;
-    if !state.verify_password(req.current_password, user.password_hash.clone()).await {
+    if !state
+        .verify_password(req.current_password, user.password_hash.clone())
+        .await
+    {
         let actx = ctx.audit(format!("user:{}", p.user_id));
         let masked = validation::mask_email(&user.email);
         let ev = AuditEvent::new(
@@ -637,8 +729,18 @@ async fn change_password(
             &p.user_id,
             serde_json::json!({ "email": masked, "reason": "wrong_current_password" }),
         );
-        let lock_ev = AuditEvent::new(&actx, &p.tenant_id, "auth.lockout", "user", &p.user_id, serde_json::json!({ "email": masked }));
-        state.store().login_failed(&user, state.config().lockout, &ev, &lock_ev).await?;
+        let lock_ev = AuditEvent::new(
+            &actx,
+            &p.tenant_id,
+            "auth.lockout",
+            "user",
+            &p.user_id,
+            serde_json::json!({ "email": masked }),
+        );
+        state
+            .store()
+            .login_failed(&user, state.config().lockout, &ev, &lock_ev)
+            .await?;
         return Err(ApiError::InvalidCredentials);
     }
     let new_hash = state.hash_password(req.new_password).await;
@@ -650,8 +752,16 @@ async fn change_password(
         &p.user_id,
         serde_json::json!({ "effect": "all sessions revoked" }),
     );
-    state.store().change_password(&p.tenant_id, &p.user_id, &new_hash, &ev).await?;
-    state.0.metrics.auth_events_total.with_label_values(&["password_changed"]).inc();
+    state
+        .store()
+        .change_password(&p.tenant_id, &p.user_id, &new_hash, &ev)
+        .await?;
+    state
+        .0
+        .metrics
+        .auth_events_total
+        .with_label_values(&["password_changed"])
+        .inc();
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -686,7 +796,9 @@ async fn create_user(
     require_role(&p, &[Role::Admin])?;
     let (req, _) = read_json::<CreateUserRequest>(&state, &headers, body).await?;
     let mut errors = Vec::new();
-    let email = validation::parse_email(&req.email).map_err(|e| errors.push(e)).ok();
+    let email = validation::parse_email(&req.email)
+        .map_err(|e| errors.push(e))
+        .ok();
     if let Err(e) = validation::check_new_password("password", &req.password) {
         errors.push(e);
     }
@@ -748,9 +860,15 @@ impl PaymentStatus {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Pending, Self::Succeeded, Self::Failed, Self::Cancelled, Self::Refunded]
-            .into_iter()
-            .find(|v| v.as_str() == s)
+        [
+            Self::Pending,
+            Self::Succeeded,
+            Self::Failed,
+            Self::Cancelled,
+            Self::Refunded,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
     }
 
     /// The state machine, in one place: the statuses a payment may move to `self` from.
@@ -795,7 +913,9 @@ pub struct PaymentView {
 }
 
 fn payment_view(p: &PaymentRow) -> PaymentView {
-    let exponent = validation::parse_currency(&p.currency).map(|c| c.exponent).unwrap_or(2);
+    let exponent = validation::parse_currency(&p.currency)
+        .map(|c| c.exponent)
+        .unwrap_or(2);
     PaymentView {
         id: p.id.clone(),
         amount: validation::format_minor(p.amount_minor, exponent),
@@ -828,12 +948,20 @@ async fn create_payment(
         .ok_or(ApiError::IdempotencyKeyMissing)?
         .to_str()
         .map_err(|_| invalid("Idempotency-Key", "must be visible ASCII"))
-        .and_then(|k| validation::parse_idempotency_key(k).map_err(|e| ApiError::Invalid(vec![e])))?;
+        .and_then(|k| {
+            validation::parse_idempotency_key(k).map_err(|e| ApiError::Invalid(vec![e]))
+        })?;
     let (req, _) = read_json::<CreatePaymentRequest>(&state, &headers, body).await?;
 
     let mut errors = Vec::new();
-    let currency = validation::parse_currency(&req.currency).map_err(|e| errors.push(e)).ok();
-    let amount = currency.and_then(|c| validation::parse_amount(&req.amount, c).map_err(|e| errors.push(e)).ok());
+    let currency = validation::parse_currency(&req.currency)
+        .map_err(|e| errors.push(e))
+        .ok();
+    let amount = currency.and_then(|c| {
+        validation::parse_amount(&req.amount, c)
+            .map_err(|e| errors.push(e))
+            .ok()
+    });
     let description = validation::normalize_text(
         "description",
         req.description.as_deref().unwrap_or(""),
@@ -842,7 +970,9 @@ async fn create_payment(
     )
     .map_err(|e| errors.push(e))
     .ok();
-    let account = validation::parse_payer_account(&req.payer_account).map_err(|e| errors.push(e)).ok();
+    let account = validation::parse_payer_account(&req.payer_account)
+        .map_err(|e| errors.push(e))
+        .ok();
     let (Some(currency), Some(amount), Some(description), Some(account), true) =
         (currency, amount, description, account, errors.is_empty())
     else {
@@ -856,7 +986,10 @@ async fn create_payment(
         .fingerprint(&serde_json::to_vec(&req).expect("request serializes"));
     let id = uuid::Uuid::new_v4().to_string();
     let now = now_ms();
-    let (key_id, sealed) = state.config().data_keys.seal(account.as_bytes(), id.as_bytes());
+    let (key_id, sealed) = state
+        .config()
+        .data_keys
+        .seal(account.as_bytes(), id.as_bytes());
     let row = PaymentRow {
         id: id.clone(),
         tenant_id: p.tenant_id.clone(),
@@ -900,10 +1033,17 @@ async fn create_payment(
         IdempotentOutcome::Replayed(r) => (r, true),
         IdempotentOutcome::KeyReused => return Err(ApiError::IdempotencyKeyReused),
     };
-    let status = StatusCode::from_u16(response.status).map_err(|_| ApiError::Internal(StoreError::Corrupt("status".into())))?;
-    let mut r = (status, [(header::CONTENT_TYPE, "application/json")], response.body).into_response();
+    let status = StatusCode::from_u16(response.status)
+        .map_err(|_| ApiError::Internal(StoreError::Corrupt("status".into())))?;
+    let mut r = (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        response.body,
+    )
+        .into_response();
     if replayed {
-        r.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        r.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(r)
 }
@@ -918,11 +1058,19 @@ fn parse_payment_id(raw: &str) -> Result<String, ApiError> {
 #[utoipa::path(get, path = "/v1/payments/{id}", tag = "payments", security(("bearer" = [])),
     params(("id" = String, Path, description = "Payment id")),
     responses((status = 200, body = PaymentView), (status = 404, description = "No such payment in your tenant", body = Problem, content_type = "application/problem+json")))]
-async fn get_payment(State(state): State<AppState>, Authed(p): Authed, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_payment(
+    State(state): State<AppState>,
+    Authed(p): Authed,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     require_role(&p, &[Role::Admin, Role::Merchant, Role::Auditor])?;
     let id = parse_payment_id(&id)?;
     // Scoped by the caller's tenant: another tenant's payment is indistinguishable from none (404, not 403).
-    let payment = state.store().payment(&p.tenant_id, &id).await?.ok_or(ApiError::NotFound)?;
+    let payment = state
+        .store()
+        .payment(&p.tenant_id, &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     Ok(json_response(StatusCode::OK, &payment_view(&payment)))
 }
 
@@ -971,7 +1119,12 @@ async fn list_payments(
         None => None,
         Some(s) => Some(
             PaymentStatus::parse(s)
-                .ok_or_else(|| invalid("status", "must be one of pending, succeeded, failed, cancelled, refunded"))?
+                .ok_or_else(|| {
+                    invalid(
+                        "status",
+                        "must be one of pending, succeeded, failed, cancelled, refunded",
+                    )
+                })?
                 .as_str()
                 .to_string(),
         ),
@@ -988,10 +1141,20 @@ async fn list_payments(
     };
     let rows = state
         .store()
-        .list_payments(&p.tenant_id, &PaymentFilter { status, after, limit })
+        .list_payments(
+            &p.tenant_id,
+            &PaymentFilter {
+                status,
+                after,
+                limit,
+            },
+        )
         .await?;
     let next_cursor = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| URL_SAFE_NO_PAD.encode(format!("{}:{}", r.created_at, r.id))))
+        .then(|| {
+            rows.last()
+                .map(|r| URL_SAFE_NO_PAD.encode(format!("{}:{}", r.created_at, r.id)))
+        })
         .flatten();
     Ok(json_response(
         StatusCode::OK,
@@ -1002,9 +1165,12 @@ async fn list_payments(
     ))
 }
 
-fn transition_result(outcome: TransitionOutcome, to: PaymentStatus) -> Result<PaymentRow, ApiError> {
+fn transition_result(
+    outcome: TransitionOutcome,
+    to: PaymentStatus,
+) -> Result<PaymentRow, ApiError> {
     match outcome {
-        TransitionOutcome::Moved(p) => Ok(p),
+        TransitionOutcome::Moved(p) => Ok(*p),
         TransitionOutcome::NotFound => Err(ApiError::NotFound),
         TransitionOutcome::Illegal { from } => Err(ApiError::IllegalTransition {
             from,
@@ -1082,15 +1248,29 @@ async fn psp_webhook(
 ) -> Result<Response, ApiError> {
     // Authenticate the raw bytes before parsing anything.
     let bytes = read_body(&state, &headers, body).await?;
-    let signature = headers.get(webhook::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    let signature = headers
+        .get(webhook::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok());
     let cfg = state.config();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    webhook::verify(cfg.webhook_secret.expose(), signature, &bytes, now, cfg.webhook_tolerance).map_err(|e| match e {
+    webhook::verify(
+        cfg.webhook_secret.expose(),
+        signature,
+        &bytes,
+        now,
+        cfg.webhook_tolerance,
+    )
+    .map_err(|e| match e {
         webhook::WebhookError::Stale => ApiError::WebhookStale,
-        webhook::WebhookError::Malformed | webhook::WebhookError::BadSignature => ApiError::WebhookSignatureInvalid,
+        webhook::WebhookError::Malformed | webhook::WebhookError::BadSignature => {
+            ApiError::WebhookSignatureInvalid
+        }
     })?;
     let event: PspEvent = parse_json(&bytes)?;
-    if event.id.is_empty() || event.id.len() > 128 || !event.id.bytes().all(|b| b.is_ascii_graphic()) {
+    if event.id.is_empty()
+        || event.id.len() > 128
+        || !event.id.bytes().all(|b| b.is_ascii_graphic())
+    {
         return Err(invalid("id", "must be 1 to 128 visible ASCII characters"));
     }
     let payment_id = parse_payment_id(&event.payment_id)?;
@@ -1182,14 +1362,22 @@ fn parse_time(field: &str, raw: &Option<String>) -> Result<Option<i64>, FieldErr
         None => Ok(None),
         Some(s) => time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
             .map(|t| Some((t.unix_timestamp_nanos() / 1_000_000) as i64))
-            .map_err(|_| FieldError::new(field, "must be an RFC 3339 time such as 2026-01-31T12:00:00Z")),
+            .map_err(|_| {
+                FieldError::new(
+                    field,
+                    "must be an RFC 3339 time such as 2026-01-31T12:00:00Z",
+                )
+            }),
     }
 }
 
 fn short_filter(field: &str, raw: &Option<String>) -> Result<(), FieldError> {
     match raw {
         Some(s) if s.is_empty() || s.len() > 128 || s.chars().any(char::is_control) => {
-            Err(FieldError::new(field, "must be 1 to 128 characters without control characters"))
+            Err(FieldError::new(
+                field,
+                "must be 1 to 128 characters without control characters",
+            ))
         }
         _ => Ok(()),
     }
@@ -1205,19 +1393,32 @@ async fn list_audit(
     require_role(&p, &[Role::Admin, Role::Auditor])?;
     let q = parse_query(query)?;
     let mut errors = Vec::new();
-    for (field, v) in [("action", &q.action), ("resource_type", &q.resource_type), ("resource_id", &q.resource_id)] {
+    for (field, v) in [
+        ("action", &q.action),
+        ("resource_type", &q.resource_type),
+        ("resource_id", &q.resource_id),
+    ] {
         if let Err(e) = short_filter(field, v) {
             errors.push(e);
         }
     }
-    let since = parse_time("since", &q.since).map_err(|e| errors.push(e)).ok().flatten();
-    let until = parse_time("until", &q.until).map_err(|e| errors.push(e)).ok().flatten();
+    let since = parse_time("since", &q.since)
+        .map_err(|e| errors.push(e))
+        .ok()
+        .flatten();
+    let until = parse_time("until", &q.until)
+        .map_err(|e| errors.push(e))
+        .ok()
+        .flatten();
     let before_seq = match q.cursor.as_deref() {
         None => None,
         Some(c) => match decode_cursor(c).and_then(|t| t.parse::<i64>().ok()) {
             Some(seq) => Some(seq),
             None => {
-                errors.push(FieldError::new("cursor", "is not a cursor returned by this endpoint"));
+                errors.push(FieldError::new(
+                    "cursor",
+                    "is not a cursor returned by this endpoint",
+                ));
                 None
             }
         },
@@ -1237,7 +1438,10 @@ async fn list_audit(
     };
     let rows = state.store().list_audit(&p.tenant_id, &filter).await?;
     let next_cursor = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| URL_SAFE_NO_PAD.encode(r.seq.to_string())))
+        .then(|| {
+            rows.last()
+                .map(|r| URL_SAFE_NO_PAD.encode(r.seq.to_string()))
+        })
         .flatten();
     Ok(json_response(
         StatusCode::OK,
@@ -1267,7 +1471,10 @@ fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
     use sha2::{Digest, Sha256};
     let a = Sha256::digest(presented);
     let b = Sha256::digest(expected);
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 #[utoipa::path(post, path = "/internal/v1/security-events", tag = "audit", request_body = SecurityEvent, security(("internal" = [])),
@@ -1294,9 +1501,15 @@ async fn security_event(
     let mut errors = Vec::new();
     if event.kind.is_empty()
         || event.kind.len() > 64
-        || !event.kind.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+        || !event
+            .kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
     {
-        errors.push(FieldError::new("kind", "must be 1 to 64 of a-z, 0-9, '_' and '.'"));
+        errors.push(FieldError::new(
+            "kind",
+            "must be 1 to 64 of a-z, 0-9, '_' and '.'",
+        ));
     }
     if let Err(e) = short_filter("tenant_id", &event.tenant_id) {
         errors.push(e);
@@ -1321,7 +1534,14 @@ async fn security_event(
         client_ip: event.client_ip.unwrap_or_else(|| ctx.client_ip.to_string()),
         request_id: event.request_id.unwrap_or(ctx.request_id),
     };
-    let ev = AuditEvent::new(&actx, SYSTEM_TENANT, "proxy.security_event", "security_event", &event.kind, details);
+    let ev = AuditEvent::new(
+        &actx,
+        SYSTEM_TENANT,
+        "proxy.security_event",
+        "security_event",
+        &event.kind,
+        details,
+    );
     state.store().append_audit(&ev).await?;
     Ok(StatusCode::ACCEPTED.into_response())
 }
@@ -1337,7 +1557,12 @@ impl utoipa::Modify for SecuritySchemes {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
         components.add_security_scheme(
             "internal",
@@ -1377,19 +1602,33 @@ mod tests {
         }
         assert_eq!(
             allowed,
-            [(Pending, Succeeded), (Pending, Failed), (Pending, Cancelled), (Succeeded, Refunded)]
+            [
+                (Pending, Succeeded),
+                (Pending, Failed),
+                (Pending, Cancelled),
+                (Succeeded, Refunded)
+            ]
         );
     }
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_peers() {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9, 198.51.100.7"));
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9, 198.51.100.7"),
+        );
         let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let remote: SocketAddr = "192.0.2.1:1".parse().unwrap();
-        assert_eq!(client_ip(&[], local, &h), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(&[], local, &h),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(client_ip(&[], remote, &h), remote.ip());
-        assert_eq!(client_ip(&[remote.ip()], remote, &h), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(&[remote.ip()], remote, &h),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -104,19 +104,40 @@ pub fn chain_hash(prev_hash: &str, r: &AuditRecord) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChainBreak {
     #[error("tenant {tenant_id}: record seq {seq} (id {id}) was altered: its hash does not match its contents")]
-    Altered { tenant_id: String, seq: i64, id: String },
+    Altered {
+        tenant_id: String,
+        seq: i64,
+        id: String,
+    },
     #[error("tenant {tenant_id}: record seq {seq} (id {id}) does not link to the record before it (a record before it was altered or removed)")]
-    Unlinked { tenant_id: String, seq: i64, id: String },
+    Unlinked {
+        tenant_id: String,
+        seq: i64,
+        id: String,
+    },
     #[error("tenant {tenant_id}: record seq {expected} was removed (next present record is seq {found})")]
-    Removed { tenant_id: String, expected: i64, found: i64 },
+    Removed {
+        tenant_id: String,
+        expected: i64,
+        found: i64,
+    },
     #[error("tenant {tenant_id}: the newest records after seq {last} were removed (head says seq {head})")]
-    TailRemoved { tenant_id: String, last: i64, head: i64 },
+    TailRemoved {
+        tenant_id: String,
+        last: i64,
+        head: i64,
+    },
     #[error("tenant {tenant_id}: the head hash does not match the last record (seq {last})")]
     HeadMismatch { tenant_id: String, last: i64 },
 }
 
 /// Verify one tenant's chain, given its records in ascending `seq` order and its head.
-pub fn verify_chain(tenant_id: &str, records: &[AuditRecord], head_seq: i64, head_hash: &str) -> Result<(), ChainBreak> {
+pub fn verify_chain(
+    tenant_id: &str,
+    records: &[AuditRecord],
+    head_seq: i64,
+    head_hash: &str,
+) -> Result<(), ChainBreak> {
     let mut prev = GENESIS_HASH.to_string();
     let mut expected_seq = 1;
     for r in records {
@@ -197,7 +218,10 @@ mod tests {
         let head = c[2].hash.clone();
         assert_eq!(verify_chain("t", &c, 3, &head), Ok(()));
         c[1].action = "y".into();
-        assert!(matches!(verify_chain("t", &c, 3, &head), Err(ChainBreak::Altered { seq: 2, .. })));
+        assert!(matches!(
+            verify_chain("t", &c, 3, &head),
+            Err(ChainBreak::Altered { seq: 2, .. })
+        ));
     }
 
     #[test]
@@ -205,8 +229,14 @@ mod tests {
         let mut c = chain(3);
         let head = c[2].hash.clone();
         c.remove(1);
-        assert!(matches!(verify_chain("t", &c, 3, &head), Err(ChainBreak::Removed { expected: 2, .. })));
+        assert!(matches!(
+            verify_chain("t", &c, 3, &head),
+            Err(ChainBreak::Removed { expected: 2, .. })
+        ));
         let c = chain(3);
-        assert!(matches!(verify_chain("t", &c[..2], 3, &head), Err(ChainBreak::TailRemoved { last: 2, .. })));
+        assert!(matches!(
+            verify_chain("t", &c[..2], 3, &head),
+            Err(ChainBreak::TailRemoved { last: 2, .. })
+        ));
     }
 }

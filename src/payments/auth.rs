@@ -63,7 +63,9 @@ pub fn hash_password(password: &str) -> String {
 /// Verify a password against a PHC string (CPU-heavy: call from `spawn_blocking`).
 pub fn verify_password(password: &str, phc: &str) -> bool {
     match PasswordHash::new(phc) {
-        Ok(parsed) => hasher().verify_password(password.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => hasher()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }
@@ -144,7 +146,8 @@ impl TokenIssuer {
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.keys.active_kid().to_string());
-        jsonwebtoken::encode(&header, &claims, self.keys.encoding_key()).expect("signing with a loaded Ed25519 key cannot fail")
+        jsonwebtoken::encode(&header, &claims, self.keys.encoding_key())
+            .expect("signing with a loaded Ed25519 key cannot fail")
     }
 
     /// Check signature (by `kid`), algorithm, issuer, audience and expiry.
@@ -189,11 +192,18 @@ mod tests {
         let new = generate_signing_keypair();
         let before = issuer("k1", &old.private_pem, &[]);
         let token = before.issue("u", "t", Role::Merchant, "s");
-        let after = issuer("k2", &new.private_pem, &[("k1".into(), old.public_pem.clone())]);
+        let after = issuer(
+            "k2",
+            &new.private_pem,
+            &[("k1".into(), old.public_pem.clone())],
+        );
         let p = after.verify(&token).unwrap();
         assert_eq!((p.user_id.as_str(), p.role), ("u", Role::Merchant));
         let stranger = issuer("k1", &new.private_pem, &[]);
-        assert!(stranger.verify(&token).is_err(), "same kid, different key must fail");
+        assert!(
+            stranger.verify(&token).is_err(),
+            "same kid, different key must fail"
+        );
     }
 
     #[test]

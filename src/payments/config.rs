@@ -13,7 +13,11 @@ use super::store::LockoutPolicy;
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
     /// `sqlite://PATH` (default; the file is created) or `postgres://USER@HOST/DB`.
-    #[arg(long, env = "WARD_PAYMENTS_DATABASE_URL", default_value = "sqlite://ward-payments.db")]
+    #[arg(
+        long,
+        env = "WARD_PAYMENTS_DATABASE_URL",
+        default_value = "sqlite://ward-payments.db"
+    )]
     pub database_url: String,
 }
 
@@ -29,7 +33,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WARD_PAYMENTS_SIGNING_KEY")]
     pub signing_key: Option<KeyRef>,
     /// Alternative to --signing-key: the private key PEM itself, from the environment only.
-    #[arg(long = "signing-key-pem-from-env", env = "WARD_PAYMENTS_SIGNING_KEY_PEM", hide_env_values = true, hide = true)]
+    #[arg(
+        long = "signing-key-pem-from-env",
+        env = "WARD_PAYMENTS_SIGNING_KEY_PEM",
+        hide_env_values = true,
+        hide = true
+    )]
     pub signing_key_pem: Option<String>,
     /// Key id for WARD_PAYMENTS_SIGNING_KEY_PEM.
     #[arg(long, env = "WARD_PAYMENTS_SIGNING_KID")]
@@ -127,7 +136,9 @@ impl Config {
                 (r.kid.clone(), String::from_utf8_lossy(&raw).into_owned())
             }
             (None, Some(pem)) => {
-                let kid = args.signing_kid.clone().ok_or(ConfigError::Missing("--signing-kid / WARD_PAYMENTS_SIGNING_KID"))?;
+                let kid = args.signing_kid.clone().ok_or(ConfigError::Missing(
+                    "--signing-kid / WARD_PAYMENTS_SIGNING_KID",
+                ))?;
                 (kid, pem.clone())
             }
             (Some(_), Some(_)) => {
@@ -156,10 +167,18 @@ impl Config {
         let secret_path = args
             .webhook_secret_file
             .as_ref()
-            .ok_or(ConfigError::Missing("--webhook-secret-file / WARD_PAYMENTS_WEBHOOK_SECRET_FILE"))?;
-        let webhook_secret = Secret::from_file("--webhook-secret-file / WARD_PAYMENTS_WEBHOOK_SECRET_FILE", secret_path)?;
+            .ok_or(ConfigError::Missing(
+                "--webhook-secret-file / WARD_PAYMENTS_WEBHOOK_SECRET_FILE",
+            ))?;
+        let webhook_secret = Secret::from_file(
+            "--webhook-secret-file / WARD_PAYMENTS_WEBHOOK_SECRET_FILE",
+            secret_path,
+        )?;
         let internal_token = match &args.internal_token_file {
-            Some(p) => Some(Secret::from_file("--internal-token-file / WARD_PAYMENTS_INTERNAL_TOKEN_FILE", p)?),
+            Some(p) => Some(Secret::from_file(
+                "--internal-token-file / WARD_PAYMENTS_INTERNAL_TOKEN_FILE",
+                p,
+            )?),
             None => None,
         };
         let mut config = Config::new(

@@ -47,7 +47,8 @@ pub async fn prepare(data_dir: &Path) -> Result<DemoSetup, Error> {
     let internal_token_file = key_dir.join("internal.token");
     keys::write_private_file(&internal_token_file, Secret::generate_text().as_bytes())?;
 
-    let pem = String::from_utf8_lossy(&keys::read_secret_file("demo signing key", &private)?).into_owned();
+    let pem = String::from_utf8_lossy(&keys::read_secret_file("demo signing key", &private)?)
+        .into_owned();
     let signing = SigningKeys::from_pems(&kid, &pem, &[])?;
     let data_keys = DataKeys::from_files(&[KeyRef {
         kid: "data-1".into(),

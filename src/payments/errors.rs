@@ -52,7 +52,10 @@ pub struct Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("malformed request body: {detail}")]
-    MalformedBody { detail: String, field: Option<String> },
+    MalformedBody {
+        detail: String,
+        field: Option<String>,
+    },
     #[error("invalid input")]
     Invalid(Vec<FieldError>),
     #[error("content type must be application/json")]
@@ -109,15 +112,31 @@ impl ApiError {
     /// Status, stable problem type and title. Exhaustive on purpose: no `_` arm.
     pub fn classify(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            ApiError::MalformedBody { .. } => (StatusCode::BAD_REQUEST, "malformed-body", "Malformed request body"),
-            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed", "Invalid input"),
+            ApiError::MalformedBody { .. } => (
+                StatusCode::BAD_REQUEST,
+                "malformed-body",
+                "Malformed request body",
+            ),
+            ApiError::Invalid(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation-failed",
+                "Invalid input",
+            ),
             ApiError::UnsupportedMediaType => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
                 "Content-Type must be application/json",
             ),
-            ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", "Request body too large"),
-            ApiError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "invalid-query", "Invalid query parameters"),
+            ApiError::BodyTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Request body too large",
+            ),
+            ApiError::InvalidQuery(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-query",
+                "Invalid query parameters",
+            ),
             ApiError::IdempotencyKeyMissing => (
                 StatusCode::BAD_REQUEST,
                 "idempotency-key-missing",
@@ -128,23 +147,45 @@ impl ApiError {
                 "idempotency-key-reused",
                 "Idempotency-Key was already used with a different request",
             ),
-            ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid-credentials", "Invalid credentials"),
+            ApiError::InvalidCredentials => (
+                StatusCode::UNAUTHORIZED,
+                "invalid-credentials",
+                "Invalid credentials",
+            ),
             ApiError::InvalidRefreshToken => (
                 StatusCode::UNAUTHORIZED,
                 "invalid-refresh-token",
                 "Refresh token is invalid, expired or revoked",
             ),
-            ApiError::MissingToken => (StatusCode::UNAUTHORIZED, "missing-token", "Bearer token required"),
-            ApiError::InvalidToken => (StatusCode::UNAUTHORIZED, "invalid-token", "Access token is invalid or revoked"),
-            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Your role may not do this"),
+            ApiError::MissingToken => (
+                StatusCode::UNAUTHORIZED,
+                "missing-token",
+                "Bearer token required",
+            ),
+            ApiError::InvalidToken => (
+                StatusCode::UNAUTHORIZED,
+                "invalid-token",
+                "Access token is invalid or revoked",
+            ),
+            ApiError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Your role may not do this",
+            ),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
             ApiError::IllegalTransition { .. } => (
                 StatusCode::CONFLICT,
                 "illegal-transition",
                 "The payment cannot move to that status",
             ),
-            ApiError::AlreadyExists(_) => (StatusCode::CONFLICT, "already-exists", "Already exists"),
+            ApiError::AlreadyExists(_) => {
+                (StatusCode::CONFLICT, "already-exists", "Already exists")
+            }
             ApiError::WebhookSignatureInvalid => (
                 StatusCode::UNAUTHORIZED,
                 "webhook-signature-invalid",
@@ -155,20 +196,32 @@ impl ApiError {
                 "webhook-stale",
                 "Webhook timestamp is outside the tolerance window",
             ),
-            ApiError::WebhookReplayed => (StatusCode::CONFLICT, "webhook-replayed", "Webhook delivery already processed"),
+            ApiError::WebhookReplayed => (
+                StatusCode::CONFLICT,
+                "webhook-replayed",
+                "Webhook delivery already processed",
+            ),
             ApiError::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "The service is temporarily unavailable",
             ),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
         }
     }
 
     fn detail(&self) -> Option<String> {
         match self {
-            ApiError::MalformedBody { detail, .. } | ApiError::InvalidQuery(detail) => Some(detail.clone()),
-            ApiError::IllegalTransition { from, to } => Some(format!("cannot move from {from} to {to}")),
+            ApiError::MalformedBody { detail, .. } | ApiError::InvalidQuery(detail) => {
+                Some(detail.clone())
+            }
+            ApiError::IllegalTransition { from, to } => {
+                Some(format!("cannot move from {from} to {to}"))
+            }
             ApiError::AlreadyExists(what) => Some(format!("{what} already exists")),
             _ => None,
         }

@@ -27,9 +27,15 @@ pub enum KeyError {
         source: std::io::Error,
     },
     #[error("{setting}: {path} is readable by group or others; run chmod 600 on it")]
-    Permissions { setting: &'static str, path: PathBuf },
+    Permissions {
+        setting: &'static str,
+        path: PathBuf,
+    },
     #[error("{setting}: {reason}")]
-    Invalid { setting: &'static str, reason: String },
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -60,9 +66,13 @@ impl std::str::FromStr for KeyRef {
 fn check_kid(kid: &str) -> Result<(), String> {
     if kid.is_empty()
         || kid.len() > 64
-        || !kid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        || !kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
     {
-        return Err(format!("key id {kid:?} must be 1 to 64 of A-Z a-z 0-9 - _ ."));
+        return Err(format!(
+            "key id {kid:?} must be 1 to 64 of A-Z a-z 0-9 - _ ."
+        ));
     }
     Ok(())
 }
@@ -113,7 +123,16 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), KeyError> 
         })
 }
 
-const PLACEHOLDERS: &[&str] = &["changeme", "change-me", "placeholder", "example", "secret", "password", "xxxx", "todo"];
+const PLACEHOLDERS: &[&str] = &[
+    "changeme",
+    "change-me",
+    "placeholder",
+    "example",
+    "secret",
+    "password",
+    "xxxx",
+    "todo",
+];
 
 /// A shared secret (webhook HMAC key, internal token). Refuses short or placeholder-looking values.
 #[derive(Clone)]
@@ -179,9 +198,16 @@ impl std::fmt::Debug for SigningKeys {
 
 impl SigningKeys {
     /// Build from the active private key PEM and any number of verify-only public (or private) PEMs.
-    pub fn from_pems(active_kid: &str, active_pem: &str, verify: &[(String, String)]) -> Result<Self, KeyError> {
+    pub fn from_pems(
+        active_kid: &str,
+        active_pem: &str,
+        verify: &[(String, String)],
+    ) -> Result<Self, KeyError> {
         const SETTING: &str = "--signing-key / WARD_PAYMENTS_SIGNING_KEY";
-        check_kid(active_kid).map_err(|reason| KeyError::Invalid { setting: SETTING, reason })?;
+        check_kid(active_kid).map_err(|reason| KeyError::Invalid {
+            setting: SETTING,
+            reason,
+        })?;
         let signing = SigningKey::from_pkcs8_pem(active_pem).map_err(|e| KeyError::Invalid {
             setting: SETTING,
             reason: format!("key {active_kid}: not an Ed25519 PKCS#8 private key PEM ({e})"),
@@ -196,7 +222,10 @@ impl SigningKeys {
         verifying.insert(active_kid.to_string(), (decoding_key(&public)?, public));
         for (kid, pem) in verify {
             const VSETTING: &str = "--verify-key / WARD_PAYMENTS_VERIFY_KEYS";
-            check_kid(kid).map_err(|reason| KeyError::Invalid { setting: VSETTING, reason })?;
+            check_kid(kid).map_err(|reason| KeyError::Invalid {
+                setting: VSETTING,
+                reason,
+            })?;
             let key = VerifyingKey::from_public_key_pem(pem)
                 .or_else(|_| SigningKey::from_pkcs8_pem(pem).map(|k| k.verifying_key()))
                 .map_err(|e| KeyError::Invalid {
@@ -254,9 +283,11 @@ impl SigningKeys {
 }
 
 fn decoding_key(public: &[u8; 32]) -> Result<DecodingKey, KeyError> {
-    DecodingKey::from_ed_components(&URL_SAFE_NO_PAD.encode(public)).map_err(|e| KeyError::Invalid {
-        setting: "signing keys",
-        reason: e.to_string(),
+    DecodingKey::from_ed_components(&URL_SAFE_NO_PAD.encode(public)).map_err(|e| {
+        KeyError::Invalid {
+            setting: "signing keys",
+            reason: e.to_string(),
+        }
     })
 }
 
@@ -284,7 +315,10 @@ pub fn generate_signing_keypair() -> GeneratedKeypair {
 
 /// Write `DIR/KID.private.pem` (mode 600) and `DIR/KID.public.pem`. Returns both paths.
 pub fn write_signing_keypair(dir: &Path, kid: &str) -> Result<(PathBuf, PathBuf), KeyError> {
-    check_kid(kid).map_err(|reason| KeyError::Invalid { setting: "--kid", reason })?;
+    check_kid(kid).map_err(|reason| KeyError::Invalid {
+        setting: "--kid",
+        reason,
+    })?;
     let pair = generate_signing_keypair();
     let private = dir.join(format!("{kid}.private.pem"));
     let public = dir.join(format!("{kid}.public.pem"));
@@ -298,7 +332,10 @@ pub fn write_signing_keypair(dir: &Path, kid: &str) -> Result<(PathBuf, PathBuf)
 
 /// Write `DIR/KID.datakey` (mode 600): base64 of 32 random bytes for AES-256-GCM.
 pub fn write_data_key(dir: &Path, kid: &str) -> Result<PathBuf, KeyError> {
-    check_kid(kid).map_err(|reason| KeyError::Invalid { setting: "--kid", reason })?;
+    check_kid(kid).map_err(|reason| KeyError::Invalid {
+        setting: "--kid",
+        reason,
+    })?;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let path = dir.join(format!("{kid}.datakey"));
@@ -319,7 +356,9 @@ pub struct DataKeys {
 
 impl std::fmt::Debug for DataKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DataKeys").field("active", &self.active).finish()
+        f.debug_struct("DataKeys")
+            .field("active", &self.active)
+            .finish()
     }
 }
 
@@ -344,12 +383,17 @@ impl DataKeys {
         let mut map = HashMap::new();
         let mut mac_key = [0u8; 32];
         for (kid, raw) in keys {
-            check_kid(kid).map_err(|reason| KeyError::Invalid { setting: SETTING, reason })?;
-            let text = String::from_utf8_lossy(raw);
-            let bytes = STANDARD.decode(text.trim()).map_err(|_| KeyError::Invalid {
+            check_kid(kid).map_err(|reason| KeyError::Invalid {
                 setting: SETTING,
-                reason: format!("key {kid}: not base64"),
+                reason,
             })?;
+            let text = String::from_utf8_lossy(raw);
+            let bytes = STANDARD
+                .decode(text.trim())
+                .map_err(|_| KeyError::Invalid {
+                    setting: SETTING,
+                    reason: format!("key {kid}: not base64"),
+                })?;
             if bytes.len() != 32 {
                 return Err(KeyError::Invalid {
                     setting: SETTING,
@@ -382,7 +426,10 @@ impl DataKeys {
     pub fn from_files(refs: &[KeyRef]) -> Result<Self, KeyError> {
         let mut raw = Vec::new();
         for r in refs {
-            raw.push((r.kid.clone(), read_secret_file("--data-key / WARD_PAYMENTS_DATA_KEYS", &r.path)?));
+            raw.push((
+                r.kid.clone(),
+                read_secret_file("--data-key / WARD_PAYMENTS_DATA_KEYS", &r.path)?,
+            ));
         }
         Self::from_raw(&raw)
     }
@@ -390,7 +437,8 @@ impl DataKeys {
     /// HMAC-SHA256 fingerprint of `data`, hex encoded.
     pub fn fingerprint(&self, data: &[u8]) -> String {
         use hmac::Mac;
-        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.mac_key).expect("HMAC accepts any key length");
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.mac_key)
+            .expect("HMAC accepts any key length");
         mac.update(data);
         hex::encode(mac.finalize().into_bytes())
     }
@@ -401,7 +449,13 @@ impl DataKeys {
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ct = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .expect("AES-GCM encryption of a short field cannot fail");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ct);
@@ -409,7 +463,10 @@ impl DataKeys {
     }
 
     pub fn open(&self, kid: &str, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, SealError> {
-        let cipher = self.keys.get(kid).ok_or_else(|| SealError::UnknownKey(kid.to_string()))?;
+        let cipher = self
+            .keys
+            .get(kid)
+            .ok_or_else(|| SealError::UnknownKey(kid.to_string()))?;
         if sealed.len() < 12 {
             return Err(SealError::Corrupt);
         }
@@ -437,8 +494,14 @@ mod tests {
         let (kid, sealed) = old.seal(b"DE89370400440532013000", b"row-1");
         let mut rotated = DataKeys::from_raw(&[("k2".into(), random_key())]).unwrap();
         rotated.keys.insert("k1".into(), k1);
-        assert_eq!(rotated.open(&kid, &sealed, b"row-1").unwrap(), b"DE89370400440532013000");
-        assert!(rotated.open(&kid, &sealed, b"row-2").is_err(), "aad binds the row");
+        assert_eq!(
+            rotated.open(&kid, &sealed, b"row-1").unwrap(),
+            b"DE89370400440532013000"
+        );
+        assert!(
+            rotated.open(&kid, &sealed, b"row-2").is_err(),
+            "aad binds the row"
+        );
         assert_eq!(rotated.seal(b"x", b"").0, "k2");
     }
 
@@ -447,16 +510,24 @@ mod tests {
         assert!(Secret::parse("s", b"changeme").is_err());
         assert!(Secret::parse("s", b"this-is-my-placeholder-value-0123456789").is_err());
         assert!(Secret::parse("s", Secret::generate_text().as_bytes()).is_ok());
-        assert!(DataKeys::from_raw(&[("k".into(), STANDARD.encode([7u8; 32]).into_bytes())]).is_err());
+        assert!(
+            DataKeys::from_raw(&[("k".into(), STANDARD.encode([7u8; 32]).into_bytes())]).is_err()
+        );
     }
 
     #[test]
     fn jwks_lists_signer_and_verify_only_keys() {
         let a = generate_signing_keypair();
         let b = generate_signing_keypair();
-        let keys = SigningKeys::from_pems("a", &a.private_pem, &[("b".into(), b.public_pem)]).unwrap();
+        let keys =
+            SigningKeys::from_pems("a", &a.private_pem, &[("b".into(), b.public_pem)]).unwrap();
         let jwks = keys.jwks();
-        let kids: Vec<&str> = jwks["keys"].as_array().unwrap().iter().map(|k| k["kid"].as_str().unwrap()).collect();
+        let kids: Vec<&str> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap())
+            .collect();
         assert_eq!(kids, ["a", "b"]);
         assert!(keys.decoding_key("b").is_some());
     }

@@ -74,13 +74,22 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Run the payments service on an already-bound listener until `shutdown` resolves.
 ///
 /// Connects to the configured store, applies migrations, then serves HTTP/1.1 and HTTP/2 (h2c).
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let store = Store::connect(&config.database_url, config.db_timeout).await?;
     serve(listener, config, store, shutdown).await
 }
 
 /// Serve with an already-connected store.
-pub async fn serve(listener: TcpListener, config: Config, store: Store, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    store: Store,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let state = api::AppState::new(config, store.clone());
     let router = api::router(state.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -143,7 +152,12 @@ pub struct Bootstrapped {
 }
 
 /// Create a tenant and its first admin with a generated password.
-pub async fn bootstrap(store: &Store, tenant_slug: &str, tenant_name: &str, email: &str) -> Result<Bootstrapped, Error> {
+pub async fn bootstrap(
+    store: &Store,
+    tenant_slug: &str,
+    tenant_name: &str,
+    email: &str,
+) -> Result<Bootstrapped, Error> {
     let slug = validation::parse_slug(tenant_slug)?;
     let name = validation::normalize_text("name", tenant_name, 1, 200)?;
     let email = validation::parse_email(email)?;
@@ -166,7 +180,14 @@ pub async fn bootstrap(store: &Store, tenant_slug: &str, tenant_name: &str, emai
         request_id: uuid::Uuid::new_v4().to_string(),
     };
     let events = [
-        AuditEvent::new(&ctx, SYSTEM_TENANT, "tenant.created", "tenant", &tenant_id, serde_json::json!({ "slug": slug })),
+        AuditEvent::new(
+            &ctx,
+            SYSTEM_TENANT,
+            "tenant.created",
+            "tenant",
+            &tenant_id,
+            serde_json::json!({ "slug": slug }),
+        ),
         AuditEvent::new(
             &ctx,
             &tenant_id,

@@ -27,13 +27,21 @@ pub struct ValidCurrency {
 
 /// Parse an ISO 4217 alphabetic code. Codes without minor units (gold, testing, "no currency") are refused.
 pub fn parse_currency(raw: &str) -> Result<ValidCurrency, FieldError> {
-    let err = || FieldError::new("currency", "must be an ISO 4217 currency code such as EUR or USD");
+    let err = || {
+        FieldError::new(
+            "currency",
+            "must be an ISO 4217 currency code such as EUR or USD",
+        )
+    };
     if raw.len() != 3 || !raw.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err(err());
     }
     let code = Currency::from_code(raw).ok_or_else(err)?;
     let exponent = code.exponent().ok_or_else(|| {
-        FieldError::new("currency", format!("{raw} has no minor units and cannot be used for payments"))
+        FieldError::new(
+            "currency",
+            format!("{raw} has no minor units and cannot be used for payments"),
+        )
     })?;
     Ok(ValidCurrency {
         code,
@@ -78,7 +86,10 @@ pub fn parse_amount(raw: &str, currency: ValidCurrency) -> Result<i64, FieldErro
     let scale = 10_i64.pow(currency.exponent);
     let max_minor = MAX_MAJOR_UNITS * scale;
     if whole.len() > 12 {
-        return Err(bad(format!("must be at most {}", format_minor(max_minor, currency.exponent))));
+        return Err(bad(format!(
+            "must be at most {}",
+            format_minor(max_minor, currency.exponent)
+        )));
     }
     let whole: i64 = whole.parse().map_err(|_| bad("is not a number".into()))?;
     let mut frac_value: i64 = if frac.is_empty() {
@@ -89,10 +100,16 @@ pub fn parse_amount(raw: &str, currency: ValidCurrency) -> Result<i64, FieldErro
     frac_value *= 10_i64.pow(currency.exponent - frac.len() as u32);
     let minor = whole * scale + frac_value;
     if minor < 1 {
-        return Err(bad(format!("must be at least {}", format_minor(1, currency.exponent))));
+        return Err(bad(format!(
+            "must be at least {}",
+            format_minor(1, currency.exponent)
+        )));
     }
     if minor > max_minor {
-        return Err(bad(format!("must be at most {}", format_minor(max_minor, currency.exponent))));
+        return Err(bad(format!(
+            "must be at most {}",
+            format_minor(max_minor, currency.exponent)
+        )));
     }
     Ok(minor)
 }
@@ -103,25 +120,50 @@ pub fn format_minor(minor: i64, exponent: u32) -> String {
         return minor.to_string();
     }
     let scale = 10_i64.pow(exponent);
-    format!("{}.{:0width$}", minor / scale, minor % scale, width = exponent as usize)
+    format!(
+        "{}.{:0width$}",
+        minor / scale,
+        minor % scale,
+        width = exponent as usize
+    )
 }
 
 /// NFC-normalize free text, refuse control characters and enforce a length in characters.
-pub fn normalize_text(field: &str, raw: &str, min: usize, max: usize) -> Result<String, FieldError> {
+pub fn normalize_text(
+    field: &str,
+    raw: &str,
+    min: usize,
+    max: usize,
+) -> Result<String, FieldError> {
     let text: String = raw.nfc().collect();
     if text.chars().any(char::is_control) {
-        return Err(FieldError::new(field, "must not contain control characters"));
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     // Bidi overrides can disguise text in dashboards and logs.
-    if text.chars().any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')) {
-        return Err(FieldError::new(field, "must not contain bidirectional control characters"));
+    if text
+        .chars()
+        .any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'))
+    {
+        return Err(FieldError::new(
+            field,
+            "must not contain bidirectional control characters",
+        ));
     }
     let len = text.chars().count();
     if len < min {
-        return Err(FieldError::new(field, format!("must be at least {min} characters")));
+        return Err(FieldError::new(
+            field,
+            format!("must be at least {min} characters"),
+        ));
     }
     if len > max {
-        return Err(FieldError::new(field, format!("must be at most {max} characters")));
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     Ok(text)
 }
@@ -129,7 +171,10 @@ pub fn normalize_text(field: &str, raw: &str, min: usize, max: usize) -> Result<
 /// A payer account reference (IBAN, card token, account number): letters, digits, spaces and dashes.
 pub fn parse_payer_account(raw: &str) -> Result<String, FieldError> {
     let text = normalize_text("payer_account", raw, PAYER_MIN_CHARS, PAYER_MAX_CHARS)?;
-    if !text.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '-') {
+    if !text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == ' ' || c == '-')
+    {
         return Err(FieldError::new(
             "payer_account",
             "may contain only letters, digits, spaces and dashes",
@@ -147,7 +192,14 @@ pub fn parse_payer_account(raw: &str) -> Result<String, FieldError> {
 
 /// Show only the last four characters of an account reference.
 pub fn mask_account(compact: &str) -> String {
-    let tail: String = compact.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = compact
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("****{tail}")
 }
 
@@ -166,7 +218,10 @@ pub fn parse_email(raw: &str) -> Result<String, FieldError> {
         None => false,
     };
     if !valid {
-        return Err(FieldError::new("email", "must be an email address such as ana@example.com"));
+        return Err(FieldError::new(
+            "email",
+            "must be an email address such as ana@example.com",
+        ));
     }
     Ok(text)
 }
@@ -186,17 +241,26 @@ pub fn mask_email(email: &str) -> String {
 pub fn check_new_password(field: &str, raw: &str) -> Result<(), FieldError> {
     let len = raw.chars().count();
     if len < PASSWORD_MIN_CHARS {
-        return Err(FieldError::new(field, format!("must be at least {PASSWORD_MIN_CHARS} characters")));
+        return Err(FieldError::new(
+            field,
+            format!("must be at least {PASSWORD_MIN_CHARS} characters"),
+        ));
     }
     if len > PASSWORD_MAX_CHARS {
-        return Err(FieldError::new(field, format!("must be at most {PASSWORD_MAX_CHARS} characters")));
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {PASSWORD_MAX_CHARS} characters"),
+        ));
     }
     Ok(())
 }
 
 /// Idempotency keys: 1..=255 visible ASCII characters.
 pub fn parse_idempotency_key(raw: &str) -> Result<String, FieldError> {
-    if raw.is_empty() || raw.len() > IDEMPOTENCY_KEY_MAX || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+    if raw.is_empty()
+        || raw.len() > IDEMPOTENCY_KEY_MAX
+        || !raw.bytes().all(|b| b.is_ascii_graphic())
+    {
         return Err(FieldError::new(
             "Idempotency-Key",
             format!("must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"),
@@ -209,7 +273,9 @@ pub fn parse_idempotency_key(raw: &str) -> Result<String, FieldError> {
 pub fn parse_slug(raw: &str) -> Result<String, FieldError> {
     let ok = (2..=63).contains(&raw.len())
         && raw.starts_with(|c: char| c.is_ascii_lowercase())
-        && raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !ok {
         return Err(FieldError::new(
             "tenant",
@@ -232,14 +298,38 @@ mod tests {
         assert_eq!(parse_amount("0.01", eur()).unwrap(), 1);
         assert_eq!(parse_amount("12.5", eur()).unwrap(), 1250);
         assert_eq!(parse_amount("10000000.00", eur()).unwrap(), 1_000_000_000);
-        assert_eq!(parse_amount("500", parse_currency("JPY").unwrap()).unwrap(), 500);
-        assert_eq!(parse_amount("1.234", parse_currency("BHD").unwrap()).unwrap(), 1234);
+        assert_eq!(
+            parse_amount("500", parse_currency("JPY").unwrap()).unwrap(),
+            500
+        );
+        assert_eq!(
+            parse_amount("1.234", parse_currency("BHD").unwrap()).unwrap(),
+            1234
+        );
     }
 
     #[test]
     fn bad_amounts_are_refused() {
-        for raw in ["", "0", "0.00", "-1", "+1", "1e3", "1.001", "10000000.01", "01.00", "1.", ".5", "1,00", " 1", "NaN"] {
-            assert!(parse_amount(raw, eur()).is_err(), "{raw:?} should be refused");
+        for raw in [
+            "",
+            "0",
+            "0.00",
+            "-1",
+            "+1",
+            "1e3",
+            "1.001",
+            "10000000.01",
+            "01.00",
+            "1.",
+            ".5",
+            "1,00",
+            " 1",
+            "NaN",
+        ] {
+            assert!(
+                parse_amount(raw, eur()).is_err(),
+                "{raw:?} should be refused"
+            );
         }
         assert!(parse_amount("1.5", parse_currency("JPY").unwrap()).is_err());
     }
@@ -254,7 +344,10 @@ mod tests {
 
     #[test]
     fn text_is_nfc_normalized_and_control_characters_are_refused() {
-        assert_eq!(normalize_text("d", "Cafe\u{301}", 0, 10).unwrap(), "Caf\u{e9}");
+        assert_eq!(
+            normalize_text("d", "Cafe\u{301}", 0, 10).unwrap(),
+            "Caf\u{e9}"
+        );
         assert!(normalize_text("d", "a\u{0}b", 0, 10).is_err());
         assert!(normalize_text("d", "a\nb", 0, 10).is_err());
         assert!(normalize_text("d", "a\u{202E}b", 0, 10).is_err());

@@ -33,14 +33,22 @@ pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 
 /// Check a signature header against the body. Signature first, so an attacker learns nothing about
 /// the clock; the comparison is constant-time (`Mac::verify_slice`).
-pub fn verify(secret: &[u8], header: Option<&str>, body: &[u8], now: i64, tolerance: Duration) -> Result<(), WebhookError> {
+pub fn verify(
+    secret: &[u8],
+    header: Option<&str>,
+    body: &[u8],
+    now: i64,
+    tolerance: Duration,
+) -> Result<(), WebhookError> {
     let header = header.ok_or(WebhookError::Malformed)?;
     let mut timestamp = None;
     let mut signatures = Vec::new();
     for part in header.split(',') {
         match part.trim().split_once('=') {
             Some(("t", v)) => timestamp = v.parse::<i64>().ok(),
-            Some(("v1", v)) => signatures.push(hex::decode(v).map_err(|_| WebhookError::Malformed)?),
+            Some(("v1", v)) => {
+                signatures.push(hex::decode(v).map_err(|_| WebhookError::Malformed)?)
+            }
             _ => {}
         }
     }
@@ -75,10 +83,31 @@ mod tests {
         let body = br#"{"id":"evt_1"}"#;
         let header = format!("t=1000,v1={}", sign(secret, 1000, body));
         assert_eq!(verify(secret, Some(&header), body, 1100, tol), Ok(()));
-        assert_eq!(verify(secret, Some(&header), body, 1301, tol), Err(WebhookError::Stale));
-        assert_eq!(verify(secret, Some(&header), b"{}", 1100, tol), Err(WebhookError::BadSignature));
-        assert_eq!(verify(b"another-secret-another-secret-00", Some(&header), body, 1100, tol), Err(WebhookError::BadSignature));
-        assert_eq!(verify(secret, Some("v1=00"), body, 1100, tol), Err(WebhookError::Malformed));
-        assert_eq!(verify(secret, None, body, 1100, tol), Err(WebhookError::Malformed));
+        assert_eq!(
+            verify(secret, Some(&header), body, 1301, tol),
+            Err(WebhookError::Stale)
+        );
+        assert_eq!(
+            verify(secret, Some(&header), b"{}", 1100, tol),
+            Err(WebhookError::BadSignature)
+        );
+        assert_eq!(
+            verify(
+                b"another-secret-another-secret-00",
+                Some(&header),
+                body,
+                1100,
+                tol
+            ),
+            Err(WebhookError::BadSignature)
+        );
+        assert_eq!(
+            verify(secret, Some("v1=00"), body, 1100, tol),
+            Err(WebhookError::Malformed)
+        );
+        assert_eq!(
+            verify(secret, None, body, 1100, tol),
+            Err(WebhookError::Malformed)
+        );
     }
 }

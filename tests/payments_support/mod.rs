@@ -56,11 +56,18 @@ impl TestDb {
         match kind {
             Kind::Sqlite => {
                 let url = format!("sqlite://{}", dir.path().join("payments.db").display());
-                TestDb { kind, url, dir, pg_name: None }
+                TestDb {
+                    kind,
+                    url,
+                    dir,
+                    pg_name: None,
+                }
             }
             Kind::Postgres => {
                 let name = format!("ward_test_{}", uuid::Uuid::new_v4().simple());
-                let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL).await.expect("PostgreSQL at 127.0.0.1:5432");
+                let mut admin = sqlx::PgConnection::connect(PG_ADMIN_URL)
+                    .await
+                    .expect("PostgreSQL at 127.0.0.1:5432");
                 sqlx::query(&format!("CREATE DATABASE {name}"))
                     .execute(&mut admin)
                     .await
@@ -82,11 +89,19 @@ impl TestDb {
         match self.kind {
             Kind::Sqlite => {
                 let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-                sqlx::query(sql).execute(&mut c).await.unwrap().rows_affected()
+                sqlx::query(sql)
+                    .execute(&mut c)
+                    .await
+                    .unwrap()
+                    .rows_affected()
             }
             Kind::Postgres => {
                 let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
-                sqlx::query(sql).execute(&mut c).await.unwrap().rows_affected()
+                sqlx::query(sql)
+                    .execute(&mut c)
+                    .await
+                    .unwrap()
+                    .rows_affected()
             }
         }
     }
@@ -97,11 +112,19 @@ impl TestDb {
         match self.kind {
             Kind::Sqlite => {
                 let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-                sqlx::query(sql).fetch_one(&mut c).await.unwrap().get::<Vec<u8>, _>(0)
+                sqlx::query(sql)
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap()
+                    .get::<Vec<u8>, _>(0)
             }
             Kind::Postgres => {
                 let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
-                sqlx::query(sql).fetch_one(&mut c).await.unwrap().get::<Vec<u8>, _>(0)
+                sqlx::query(sql)
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap()
+                    .get::<Vec<u8>, _>(0)
             }
         }
     }
@@ -112,11 +135,19 @@ impl TestDb {
         match self.kind {
             Kind::Sqlite => {
                 let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
-                sqlx::query(sql).fetch_one(&mut c).await.unwrap().get::<i64, _>(0)
+                sqlx::query(sql)
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap()
+                    .get::<i64, _>(0)
             }
             Kind::Postgres => {
                 let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
-                sqlx::query(sql).fetch_one(&mut c).await.unwrap().get::<i64, _>(0)
+                sqlx::query(sql)
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap()
+                    .get::<i64, _>(0)
             }
         }
     }
@@ -127,12 +158,16 @@ impl Drop for TestDb {
         if let Some(name) = self.pg_name.take() {
             // Drop from a separate thread: we may be inside a runtime that is shutting down.
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 rt.block_on(async move {
                     if let Ok(mut admin) = sqlx::PgConnection::connect(PG_ADMIN_URL).await {
-                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                            .execute(&mut admin)
-                            .await;
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(&mut admin)
+                                .await;
                     }
                 });
             })
@@ -144,7 +179,9 @@ impl Drop for TestDb {
 pub fn random_data_key() -> Vec<u8> {
     let mut b = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut b);
-    base64::engine::general_purpose::STANDARD.encode(b).into_bytes()
+    base64::engine::general_purpose::STANDARD
+        .encode(b)
+        .into_bytes()
 }
 
 /// A config with keys generated for this test only.
@@ -153,7 +190,14 @@ pub fn test_config(url: &str) -> Config {
     let signing = SigningKeys::from_pems("test-1", &pair.private_pem, &[]).unwrap();
     let data = DataKeys::from_raw(&[("d1".into(), random_data_key())]).unwrap();
     let secret = Secret::parse("webhook", Secret::generate_text().as_bytes()).unwrap();
-    let mut c = Config::new(url.to_string(), signing, data, secret, "ward-payments".into(), "ward-api".into());
+    let mut c = Config::new(
+        url.to_string(),
+        signing,
+        data,
+        secret,
+        "ward-payments".into(),
+        "ward-api".into(),
+    );
     c.internal_token = Some(Secret::parse("internal", Secret::generate_text().as_bytes()).unwrap());
     c
 }
@@ -170,7 +214,11 @@ pub fn write_key_files(dir: &Path) -> KeyFiles {
     let data = keys::write_data_key(dir, "data-1").unwrap();
     let webhook = dir.join("webhook.secret");
     keys::write_private_file(&webhook, Secret::generate_text().as_bytes()).unwrap();
-    KeyFiles { signing, data, webhook }
+    KeyFiles {
+        signing,
+        data,
+        webhook,
+    }
 }
 
 pub struct Creds {
@@ -237,12 +285,20 @@ impl Service {
         self.shutdown = Some(tx);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = self.client.get(format!("{}/readyz", self.base)).send().await {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await
+            {
                 if r.status() == StatusCode::OK {
                     return;
                 }
             }
-            assert!(tokio::time::Instant::now() < deadline, "service did not become ready");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "service did not become ready"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -263,14 +319,21 @@ impl Service {
     }
 
     pub async fn store(&self) -> Store {
-        Store::connect(&self.db.url, Duration::from_secs(5)).await.unwrap()
+        Store::connect(&self.db.url, Duration::from_secs(5))
+            .await
+            .unwrap()
     }
 
     /// A new tenant with its admin, through the same code path as `ward payments bootstrap`.
     pub async fn new_tenant(&self, prefix: &str) -> Creds {
         let store = self.store().await;
-        let slug = format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let b = payments::bootstrap(&store, &slug, prefix, "admin@example.com").await.unwrap();
+        let slug = format!(
+            "{prefix}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let b = payments::bootstrap(&store, &slug, prefix, "admin@example.com")
+            .await
+            .unwrap();
         store.close().await;
         Creds {
             tenant: b.tenant,
@@ -280,8 +343,17 @@ impl Service {
         }
     }
 
-    pub async fn send(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>, extra: &[(&str, &str)]) -> Reply {
-        let mut req = self.client.request(method, format!("{}{}", self.base, path));
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        extra: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -298,22 +370,33 @@ impl Service {
         let body = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
         };
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> Reply {
-        self.send(reqwest::Method::POST, path, token, Some(body), &[]).await
+        self.send(reqwest::Method::POST, path, token, Some(body), &[])
+            .await
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
-        self.send(reqwest::Method::GET, path, token, None, &[]).await
+        self.send(reqwest::Method::GET, path, token, None, &[])
+            .await
     }
 
     pub async fn try_login(&self, tenant: &str, email: &str, password: &str) -> Reply {
-        self.post("/v1/auth/login", None, json!({ "tenant": tenant, "email": email, "password": password }))
-            .await
+        self.post(
+            "/v1/auth/login",
+            None,
+            json!({ "tenant": tenant, "email": email, "password": password }),
+        )
+        .await
     }
 
     pub async fn login(&self, c: &Creds) -> Tokens {
@@ -323,15 +406,31 @@ impl Service {
     }
 
     pub async fn create_payment(&self, token: &str, key: &str, body: Value) -> Reply {
-        self.send(reqwest::Method::POST, "/v1/payments", Some(token), Some(body), &[("idempotency-key", key)])
-            .await
+        self.send(
+            reqwest::Method::POST,
+            "/v1/payments",
+            Some(token),
+            Some(body),
+            &[("idempotency-key", key)],
+        )
+        .await
     }
 
     /// Add a user with a role to the tenant of `admin_token`; returns its credentials.
-    pub async fn add_user(&self, admin_token: &str, tenant: &Creds, email: &str, role: &str) -> Creds {
+    pub async fn add_user(
+        &self,
+        admin_token: &str,
+        tenant: &Creds,
+        email: &str,
+        role: &str,
+    ) -> Creds {
         let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
         let r = self
-            .post("/v1/users", Some(admin_token), json!({ "email": email, "role": role, "password": password }))
+            .post(
+                "/v1/users",
+                Some(admin_token),
+                json!({ "email": email, "role": role, "password": password }),
+            )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
         Creds {
@@ -345,8 +444,14 @@ impl Service {
 
 pub fn tokens(r: &Reply) -> Tokens {
     Tokens {
-        access: r.body["access_token"].as_str().expect("access_token").to_string(),
-        refresh: r.body["refresh_token"].as_str().expect("refresh_token").to_string(),
+        access: r.body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string(),
+        refresh: r.body["refresh_token"]
+            .as_str()
+            .expect("refresh_token")
+            .to_string(),
     }
 }
 
@@ -360,7 +465,12 @@ pub fn new_key() -> String {
 
 /// Problem responses carry the right media type and the request id.
 pub fn assert_problem(r: &Reply, status: u16) {
-    assert_eq!(r.status.as_u16(), status, "unexpected status, body {:?}", r.body);
+    assert_eq!(
+        r.status.as_u16(),
+        status,
+        "unexpected status, body {:?}",
+        r.body
+    );
     assert_eq!(
         r.headers.get("content-type").and_then(|v| v.to_str().ok()),
         Some("application/problem+json"),

@@ -34,7 +34,9 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_)
+            )
         )
     }
 }
@@ -88,7 +90,12 @@ pub struct NewSession {
 
 #[derive(Debug, Clone)]
 pub enum RefreshOutcome {
-    Rotated { user_id: String, tenant_id: String, role: String, session_id: String },
+    Rotated {
+        user_id: String,
+        tenant_id: String,
+        role: String,
+        session_id: String,
+    },
     /// An already-used token was presented: the whole family is now revoked.
     ReuseDetected,
     Invalid,
@@ -126,7 +133,7 @@ pub enum IdempotentOutcome {
 
 #[derive(Debug, Clone)]
 pub enum TransitionOutcome {
-    Moved(PaymentRow),
+    Moved(Box<PaymentRow>),
     NotFound,
     Illegal { from: String },
     Replayed,
@@ -185,7 +192,9 @@ impl Store {
         if url.starts_with("sqlite:") {
             Ok(Store::Sqlite(sqlite::Backend::connect(url, timeout).await?))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Store::Postgres(postgres::Backend::connect(url, timeout).await?))
+            Ok(Store::Postgres(
+                postgres::Backend::connect(url, timeout).await?,
+            ))
         } else {
             Err(StoreError::UnsupportedUrl)
         }
@@ -199,7 +208,13 @@ impl Store {
         dispatch!(self, b => b.ping().await)
     }
 
-    pub async fn create_tenant(&self, slug: &str, name: &str, admin: &NewUser, ev: &[AuditEvent]) -> Result<Tenant, StoreError> {
+    pub async fn create_tenant(
+        &self,
+        slug: &str,
+        name: &str,
+        admin: &NewUser,
+        ev: &[AuditEvent],
+    ) -> Result<Tenant, StoreError> {
         dispatch!(self, b => b.create_tenant(slug, name, admin, ev).await)
     }
 
@@ -211,20 +226,39 @@ impl Store {
         dispatch!(self, b => b.create_user(user, ev).await)
     }
 
-    pub async fn user_for_login(&self, tenant_id: &str, email: &str) -> Result<Option<UserAuth>, StoreError> {
+    pub async fn user_for_login(
+        &self,
+        tenant_id: &str,
+        email: &str,
+    ) -> Result<Option<UserAuth>, StoreError> {
         dispatch!(self, b => b.user_for_login(tenant_id, email).await)
     }
 
-    pub async fn user_by_id(&self, tenant_id: &str, user_id: &str) -> Result<Option<UserAuth>, StoreError> {
+    pub async fn user_by_id(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+    ) -> Result<Option<UserAuth>, StoreError> {
         dispatch!(self, b => b.user_by_id(tenant_id, user_id).await)
     }
 
-    pub async fn login_succeeded(&self, user: &UserAuth, session: &NewSession, ev: &AuditEvent) -> Result<(), StoreError> {
+    pub async fn login_succeeded(
+        &self,
+        user: &UserAuth,
+        session: &NewSession,
+        ev: &AuditEvent,
+    ) -> Result<(), StoreError> {
         dispatch!(self, b => b.login_succeeded(user, session, ev).await)
     }
 
     /// Count a failure; returns true when this failure locked the account.
-    pub async fn login_failed(&self, user: &UserAuth, policy: LockoutPolicy, ev: &AuditEvent, lock_ev: &AuditEvent) -> Result<bool, StoreError> {
+    pub async fn login_failed(
+        &self,
+        user: &UserAuth,
+        policy: LockoutPolicy,
+        ev: &AuditEvent,
+        lock_ev: &AuditEvent,
+    ) -> Result<bool, StoreError> {
         dispatch!(self, b => b.login_failed(user, policy, ev, lock_ev).await)
     }
 
@@ -246,11 +280,23 @@ impl Store {
         dispatch!(self, b => b.session_active(session_id).await)
     }
 
-    pub async fn revoke_session(&self, tenant_id: &str, session_id: &str, reason: &str, ev: &AuditEvent) -> Result<(), StoreError> {
+    pub async fn revoke_session(
+        &self,
+        tenant_id: &str,
+        session_id: &str,
+        reason: &str,
+        ev: &AuditEvent,
+    ) -> Result<(), StoreError> {
         dispatch!(self, b => b.revoke_session(tenant_id, session_id, reason, ev).await)
     }
 
-    pub async fn change_password(&self, tenant_id: &str, user_id: &str, new_hash: &str, ev: &AuditEvent) -> Result<(), StoreError> {
+    pub async fn change_password(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        new_hash: &str,
+        ev: &AuditEvent,
+    ) -> Result<(), StoreError> {
         dispatch!(self, b => b.change_password(tenant_id, user_id, new_hash, ev).await)
     }
 
@@ -266,20 +312,36 @@ impl Store {
         dispatch!(self, b => b.create_payment(tenant_id, idem_key, request_hash, payment, response, ev).await)
     }
 
-    pub async fn payment(&self, tenant_id: &str, id: &str) -> Result<Option<PaymentRow>, StoreError> {
+    pub async fn payment(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<PaymentRow>, StoreError> {
         dispatch!(self, b => b.payment(tenant_id, id).await)
     }
 
-    pub async fn list_payments(&self, tenant_id: &str, filter: &PaymentFilter) -> Result<Vec<PaymentRow>, StoreError> {
+    pub async fn list_payments(
+        &self,
+        tenant_id: &str,
+        filter: &PaymentFilter,
+    ) -> Result<Vec<PaymentRow>, StoreError> {
         dispatch!(self, b => b.list_payments(tenant_id, filter).await)
     }
 
     /// Apply a status change; `ev` is completed with the payment's tenant and written in the same transaction.
-    pub async fn transition(&self, t: &Transition, ev: &AuditEvent) -> Result<TransitionOutcome, StoreError> {
+    pub async fn transition(
+        &self,
+        t: &Transition,
+        ev: &AuditEvent,
+    ) -> Result<TransitionOutcome, StoreError> {
         dispatch!(self, b => b.transition(t, ev).await)
     }
 
-    pub async fn list_audit(&self, tenant_id: &str, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+    pub async fn list_audit(
+        &self,
+        tenant_id: &str,
+        filter: &AuditFilter,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
         dispatch!(self, b => b.list_audit(tenant_id, filter).await)
     }
 

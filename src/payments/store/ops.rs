@@ -608,7 +608,7 @@ impl Backend {
         tx.commit().await?;
         payment.status = t.to.to_string();
         payment.updated_at = now;
-        Ok(TransitionOutcome::Moved(payment))
+        Ok(TransitionOutcome::Moved(Box::new(payment)))
     }
 
     pub async fn list_audit(&self, tenant_id: &str, f: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {

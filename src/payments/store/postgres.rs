@@ -19,10 +19,8 @@ pub struct Backend {
 
 impl Backend {
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url)?.options([(
-            "statement_timeout",
-            format!("{}", timeout.as_millis()),
-        )]);
+        let options = PgConnectOptions::from_str(url)?
+            .options([("statement_timeout", format!("{}", timeout.as_millis()))]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(timeout)
