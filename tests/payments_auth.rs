@@ -372,3 +372,56 @@ async fn roles_limit_what_users_may_do(kind: Kind) {
         .await;
 }
 both_stores!(roles_limit_what_users_may_do);
+
+async fn keys_rotate_without_logging_anyone_out(kind: Kind) {
+    use ward::payments::keys::{generate_signing_keypair, SigningKeys};
+    let db = payments_support::TestDb::new(kind).await;
+    let old = generate_signing_keypair();
+    let new = generate_signing_keypair();
+    let mut config = payments_support::test_config(&db.url);
+    config.tokens.keys = SigningKeys::from_pems("old", &old.private_pem, &[]).unwrap();
+    let mut svc = Service::start_with(db, config).await;
+    let admin = svc.new_tenant("acme").await;
+    let before = svc.login(&admin).await;
+
+    // Rotate: "new" signs, "old" only verifies.
+    svc.stop().await;
+    svc.config.tokens.keys = SigningKeys::from_pems(
+        "new",
+        &new.private_pem,
+        &[("old".into(), old.public_pem.clone())],
+    )
+    .unwrap();
+    svc.restart().await;
+    assert_eq!(
+        svc.get("/v1/payments", Some(&before.access)).await.status,
+        StatusCode::OK
+    );
+    let jwks = svc.get("/.well-known/jwks.json", None).await;
+    let kids: Vec<&str> = jwks.body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids, ["new", "old"]);
+    let after = svc.login(&admin).await;
+    assert_eq!(
+        jsonwebtoken::decode_header(&after.access)
+            .unwrap()
+            .kid
+            .as_deref(),
+        Some("new")
+    );
+
+    // Retire "old" completely: its tokens stop verifying.
+    svc.stop().await;
+    svc.config.tokens.keys = SigningKeys::from_pems("new", &new.private_pem, &[]).unwrap();
+    svc.restart().await;
+    assert_problem(&svc.get("/v1/payments", Some(&before.access)).await, 401);
+    assert_eq!(
+        svc.get("/v1/payments", Some(&after.access)).await.status,
+        StatusCode::OK
+    );
+}
+both_stores!(keys_rotate_without_logging_anyone_out);

@@ -98,10 +98,18 @@ async fn write_audit(tx: &mut Tx, ev: &AuditEvent, now: i64) -> Result<AuditReco
         hash: String::new(),
     };
     rec.hash = chain_hash(&prev, &rec);
-    sqlx::query(
-        "INSERT INTO audit_log (id, tenant_id, seq, created_at, actor, action, resource_type, resource_id, \
-         client_ip, request_id, details, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-    )
+    const INSERT: &str = "INSERT INTO audit_log (id, tenant_id, seq, created_at, actor, action, resource_type, \
+         resource_id, client_ip, request_id, details, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+    // One round trip less while the chain head is locked, where the engine allows it.
+    let combined;
+    let sql = if DATA_MODIFYING_CTE {
+        combined = format!("WITH appended AS ({INSERT}) UPDATE audit_heads SET hash = $13 WHERE tenant_id = $2");
+        combined.as_str()
+    } else {
+        INSERT
+    };
+    sqlx::query(sql)
     .bind(&rec.id)
     .bind(&rec.tenant_id)
     .bind(rec.seq)
@@ -117,11 +125,13 @@ async fn write_audit(tx: &mut Tx, ev: &AuditEvent, now: i64) -> Result<AuditReco
     .bind(&rec.hash)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE audit_heads SET hash = $1 WHERE tenant_id = $2")
-        .bind(&rec.hash)
-        .bind(&ev.tenant_id)
-        .execute(&mut **tx)
-        .await?;
+    if !DATA_MODIFYING_CTE {
+        sqlx::query("UPDATE audit_heads SET hash = $1 WHERE tenant_id = $2")
+            .bind(&rec.hash)
+            .bind(&ev.tenant_id)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(rec)
 }
 
@@ -151,6 +161,24 @@ async fn insert_refresh(tx: &mut Tx, tenant_id: &str, user_id: &str, s: &NewSess
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+type Query<'q> = sqlx::query::Query<'q, Db, <Db as sqlx::Database>::Arguments<'q>>;
+
+/// Bind a payment's twelve columns as `$1..$12`, in `PAYMENT_COLUMNS` order.
+fn bind_payment<'q>(q: Query<'q>, p: &'q PaymentRow) -> Query<'q> {
+    q.bind(&p.id)
+        .bind(&p.tenant_id)
+        .bind(p.amount_minor)
+        .bind(&p.currency)
+        .bind(&p.description)
+        .bind(&p.payer_masked)
+        .bind(&p.payer_ciphertext)
+        .bind(&p.payer_key_id)
+        .bind(&p.status)
+        .bind(&p.created_by)
+        .bind(p.created_at)
+        .bind(p.updated_at)
 }
 
 impl Backend {
@@ -457,20 +485,48 @@ impl Backend {
         let mut tx = self.begin().await?;
         // Claim the key first. On PostgreSQL a concurrent claim of the same key waits here until
         // the first transaction ends, then sees its committed row: exactly one payment is created.
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (tenant_id, idem_key, request_hash, status_code, response_body, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(tenant_id)
-        .bind(idem_key)
-        .bind(request_hash)
-        .bind(i64::from(response.status))
-        .bind(&response.body)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
+        let claimed = if DATA_MODIFYING_CTE {
+            // Claim and insert in one statement: the payment row is written only if the claim won.
+            let sql = format!(
+                "WITH claim AS (INSERT INTO idempotency_keys (tenant_id, idem_key, request_hash, status_code, \
+                 response_body, created_at) VALUES ($13, $14, $15, $16, $17, $18) ON CONFLICT DO NOTHING RETURNING 1) \
+                 INSERT INTO payments ({PAYMENT_COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 \
+                 WHERE EXISTS (SELECT 1 FROM claim)"
+            );
+            bind_payment(sqlx::query(&sql), p)
+                .bind(tenant_id)
+                .bind(idem_key)
+                .bind(request_hash)
+                .bind(i64::from(response.status))
+                .bind(&response.body)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1
+        } else {
+            let claimed = sqlx::query(
+                "INSERT INTO idempotency_keys (tenant_id, idem_key, request_hash, status_code, response_body, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(tenant_id)
+            .bind(idem_key)
+            .bind(request_hash)
+            .bind(i64::from(response.status))
+            .bind(&response.body)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if claimed {
+                let sql = format!(
+                    "INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                );
+                bind_payment(sqlx::query(&sql), p).execute(&mut *tx).await?;
+            }
+            claimed
+        };
         if !claimed {
             let row = sqlx::query(
                 "SELECT request_hash, status_code, response_body FROM idempotency_keys WHERE tenant_id = $1 AND idem_key = $2",
@@ -490,23 +546,6 @@ impl Backend {
                 body: row.try_get("response_body")?,
             }));
         }
-        sqlx::query(&format!(
-            "INSERT INTO payments ({PAYMENT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-        ))
-        .bind(&p.id)
-        .bind(&p.tenant_id)
-        .bind(p.amount_minor)
-        .bind(&p.currency)
-        .bind(&p.description)
-        .bind(&p.payer_masked)
-        .bind(&p.payer_ciphertext)
-        .bind(&p.payer_key_id)
-        .bind(&p.status)
-        .bind(&p.created_by)
-        .bind(p.created_at)
-        .bind(p.updated_at)
-        .execute(&mut *tx)
-        .await?;
         write_audit(&mut tx, ev, now).await?;
         tx.commit().await?;
         Ok(IdempotentOutcome::Created(response.clone()))

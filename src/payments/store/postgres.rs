@@ -8,6 +8,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 type Db = sqlx::Postgres;
+/// PostgreSQL runs data-modifying CTEs: ops.rs folds two statements into one.
+const DATA_MODIFYING_CTE: bool = true;
 type Pool = sqlx::PgPool;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/payments/migrations/postgres");

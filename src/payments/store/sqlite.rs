@@ -7,6 +7,8 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 type Db = sqlx::Sqlite;
+/// SQLite has no data-modifying CTEs.
+const DATA_MODIFYING_CTE: bool = false;
 type Pool = sqlx::SqlitePool;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/payments/migrations/sqlite");
