@@ -1321,6 +1321,10 @@ pub struct AuditQuery {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AuditView {
     pub id: String,
+    /// Read order across the tenant's chains; `next_cursor` is built from it.
+    pub pos: i64,
+    /// The chain (lane) this record is linked in, and its position there.
+    pub lane: i64,
     pub seq: i64,
     pub created_at: String,
     pub actor: String,
@@ -1343,6 +1347,8 @@ pub struct AuditPage {
 fn audit_view(r: &AuditRecord) -> AuditView {
     AuditView {
         id: r.id.clone(),
+        pos: r.pos,
+        lane: r.lane,
         seq: r.seq,
         created_at: rfc3339(r.created_at),
         actor: r.actor.clone(),
@@ -1410,10 +1416,10 @@ async fn list_audit(
         .map_err(|e| errors.push(e))
         .ok()
         .flatten();
-    let before_seq = match q.cursor.as_deref() {
+    let before_pos = match q.cursor.as_deref() {
         None => None,
         Some(c) => match decode_cursor(c).and_then(|t| t.parse::<i64>().ok()) {
-            Some(seq) => Some(seq),
+            Some(pos) => Some(pos),
             None => {
                 errors.push(FieldError::new(
                     "cursor",
@@ -1433,14 +1439,14 @@ async fn list_audit(
         resource_id: q.resource_id,
         since,
         until,
-        before_seq,
+        before_pos,
         limit,
     };
     let rows = state.store().list_audit(&p.tenant_id, &filter).await?;
     let next_cursor = (rows.len() as i64 == limit)
         .then(|| {
             rows.last()
-                .map(|r| URL_SAFE_NO_PAD.encode(r.seq.to_string()))
+                .map(|r| URL_SAFE_NO_PAD.encode(r.pos.to_string()))
         })
         .flatten();
     Ok(json_response(

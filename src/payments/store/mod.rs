@@ -165,8 +165,8 @@ pub struct AuditFilter {
     pub resource_id: Option<String>,
     pub since: Option<i64>,
     pub until: Option<i64>,
-    /// Return records with seq below this (newest first).
-    pub before_seq: Option<i64>,
+    /// Return records with `pos` below this (newest first).
+    pub before_pos: Option<i64>,
     pub limit: i64,
 }
 

@@ -7,7 +7,7 @@ use super::{
     unique_violation, AuditFilter, IdempotentOutcome, LockoutPolicy, NewSession, NewUser, PaymentFilter, PaymentRow,
     RefreshOutcome, StoreError, StoredResponse, Tenant, Transition, TransitionOutcome, UserAuth,
 };
-use crate::payments::audit::{chain_hash, verify_chain, AuditEvent, AuditRecord, ChainBreak, GENESIS_HASH};
+use crate::payments::audit::{chain_hash, verify_chain, AuditEvent, AuditRecord, ChainBreak, AUDIT_LANES, GENESIS_HASH};
 
 type Tx = sqlx::Transaction<'static, Db>;
 
@@ -22,7 +22,7 @@ fn new_id() -> String {
 const PAYMENT_COLUMNS: &str = "id, tenant_id, amount_minor, currency, description, payer_masked, payer_ciphertext, \
      payer_key_id, status, created_by, created_at, updated_at";
 
-const AUDIT_COLUMNS: &str = "id, tenant_id, seq, created_at, actor, action, resource_type, resource_id, client_ip, \
+const AUDIT_COLUMNS: &str = "pos, id, tenant_id, lane, seq, created_at, actor, action, resource_type, resource_id, client_ip, \
      request_id, details, prev_hash, hash";
 
 fn payment_from_row(row: &<Db as sqlx::Database>::Row) -> Result<PaymentRow, sqlx::Error> {
@@ -44,8 +44,10 @@ fn payment_from_row(row: &<Db as sqlx::Database>::Row) -> Result<PaymentRow, sql
 
 fn audit_from_row(row: &<Db as sqlx::Database>::Row) -> Result<AuditRecord, sqlx::Error> {
     Ok(AuditRecord {
+        pos: row.try_get("pos")?,
         id: row.try_get("id")?,
         tenant_id: row.try_get("tenant_id")?,
+        lane: row.try_get("lane")?,
         seq: row.try_get("seq")?,
         created_at: row.try_get("created_at")?,
         actor: row.try_get("actor")?,
@@ -71,20 +73,33 @@ fn user_from_row(row: &<Db as sqlx::Database>::Row) -> Result<UserAuth, sqlx::Er
     })
 }
 
-/// Append one record to its tenant's chain. The `UPDATE ... RETURNING` on the head row takes the
-/// row lock (PostgreSQL) so concurrent writers of one tenant queue here instead of forking the chain;
-/// callers write it last in their transaction to keep that lock short.
-async fn write_audit(tx: &mut Tx, ev: &AuditEvent, now: i64) -> Result<AuditRecord, StoreError> {
-    let head = sqlx::query("UPDATE audit_heads SET seq = seq + 1 WHERE tenant_id = $1 RETURNING seq, hash")
-        .bind(&ev.tenant_id)
-        .fetch_optional(&mut **tx)
-        .await?
-        .ok_or_else(|| StoreError::NoAuditHead(ev.tenant_id.clone()))?;
+/// Append one record to a chain (lane) of its tenant. The `UPDATE ... RETURNING` on the lane's
+/// head row takes its row lock until commit, so writers of one lane queue instead of forking it;
+/// callers write audit records last in their transaction to keep that lock short.
+///
+/// `lane`: a lane this transaction already holds for the tenant (several records in one
+/// transaction), else `None` to pick one. A transaction therefore waits for at most one lane per
+/// tenant and holds no lane while waiting for another: no lock cycle, no deadlock.
+async fn write_audit(tx: &mut Tx, ev: &AuditEvent, now: i64, lane: Option<i64>) -> Result<AuditRecord, StoreError> {
+    const TAKE_LANE: &str = "UPDATE audit_heads SET seq = seq + 1 WHERE tenant_id = $1 AND lane = $2 RETURNING lane, seq, hash";
+    let mut head = None;
+    if let (None, Some(pick)) = (lane, PICK_FREE_LANE) {
+        head = sqlx::query(pick).bind(&ev.tenant_id).fetch_optional(&mut **tx).await?;
+    }
+    if head.is_none() {
+        // Every lane busy (or SQLite, or a lane already held): wait for one.
+        let lane = lane.unwrap_or_else(|| if PICK_FREE_LANE.is_some() { rand::random::<u32>() as i64 % AUDIT_LANES } else { 0 });
+        head = sqlx::query(TAKE_LANE).bind(&ev.tenant_id).bind(lane).fetch_optional(&mut **tx).await?;
+    }
+    let head = head.ok_or_else(|| StoreError::NoAuditHead(ev.tenant_id.clone()))?;
+    let lane: i64 = head.try_get("lane")?;
     let seq: i64 = head.try_get("seq")?;
     let prev: String = head.try_get("hash")?;
     let mut rec = AuditRecord {
+        pos: 0,
         id: new_id(),
         tenant_id: ev.tenant_id.clone(),
+        lane,
         seq,
         created_at: now,
         actor: ev.actor.clone(),
@@ -99,12 +114,12 @@ async fn write_audit(tx: &mut Tx, ev: &AuditEvent, now: i64) -> Result<AuditReco
     };
     rec.hash = chain_hash(&prev, &rec);
     const INSERT: &str = "INSERT INTO audit_log (id, tenant_id, seq, created_at, actor, action, resource_type, \
-         resource_id, client_ip, request_id, details, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+         resource_id, client_ip, request_id, details, prev_hash, hash, lane) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
     // One round trip less while the chain head is locked, where the engine allows it.
     let combined;
     let sql = if DATA_MODIFYING_CTE {
-        combined = format!("WITH appended AS ({INSERT}) UPDATE audit_heads SET hash = $13 WHERE tenant_id = $2");
+        combined = format!("WITH appended AS ({INSERT}) UPDATE audit_heads SET hash = $13 WHERE tenant_id = $2 AND lane = $14");
         combined.as_str()
     } else {
         INSERT
@@ -123,12 +138,14 @@ async fn write_audit(tx: &mut Tx, ev: &AuditEvent, now: i64) -> Result<AuditReco
     .bind(&rec.details)
     .bind(&rec.prev_hash)
     .bind(&rec.hash)
+    .bind(rec.lane)
     .execute(&mut **tx)
     .await?;
     if !DATA_MODIFYING_CTE {
-        sqlx::query("UPDATE audit_heads SET hash = $1 WHERE tenant_id = $2")
+        sqlx::query("UPDATE audit_heads SET hash = $1 WHERE tenant_id = $2 AND lane = $3")
             .bind(&rec.hash)
             .bind(&ev.tenant_id)
+            .bind(rec.lane)
             .execute(&mut **tx)
             .await?;
     }
@@ -201,11 +218,14 @@ impl Backend {
             Err(e) if unique_violation(&e) => return Err(StoreError::Duplicate("tenant")),
             other => other?,
         };
-        sqlx::query("INSERT INTO audit_heads (tenant_id, seq, hash) VALUES ($1, 0, $2)")
-            .bind(&admin.tenant_id)
-            .bind(GENESIS_HASH)
-            .execute(&mut *tx)
-            .await?;
+        for lane in 0..AUDIT_LANES {
+            sqlx::query("INSERT INTO audit_heads (tenant_id, lane, seq, hash) VALUES ($1, $2, 0, $3)")
+                .bind(&admin.tenant_id)
+                .bind(lane)
+                .bind(GENESIS_HASH)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "INSERT INTO users (id, tenant_id, email, role, password_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -217,8 +237,11 @@ impl Backend {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        let mut held: Vec<(String, i64)> = Vec::new();
         for ev in evs {
-            write_audit(&mut tx, ev, now).await?;
+            let lane = held.iter().find(|(t, _)| *t == ev.tenant_id).map(|(_, l)| *l);
+            let rec = write_audit(&mut tx, ev, now, lane).await?;
+            held.push((rec.tenant_id, rec.lane));
         }
         tx.commit().await?;
         Ok(Tenant {
@@ -261,7 +284,7 @@ impl Backend {
             Err(e) if unique_violation(&e) => return Err(StoreError::Duplicate("user")),
             other => other?,
         };
-        write_audit(&mut tx, ev, now).await?;
+        write_audit(&mut tx, ev, now, None).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -296,7 +319,7 @@ impl Backend {
             .execute(&mut *tx)
             .await?;
         insert_session(&mut tx, user, session, now).await?;
-        write_audit(&mut tx, ev, now).await?;
+        write_audit(&mut tx, ev, now, None).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -335,9 +358,9 @@ impl Backend {
                     .await?;
             }
         }
-        write_audit(&mut tx, ev, now).await?;
+        let first = write_audit(&mut tx, ev, now, None).await?;
         if locked_now {
-            write_audit(&mut tx, lock_ev, now).await?;
+            write_audit(&mut tx, lock_ev, now, Some(first.lane)).await?;
         }
         tx.commit().await?;
         Ok(locked_now)
@@ -345,7 +368,7 @@ impl Backend {
 
     pub async fn append_audit(&self, ev: &AuditEvent) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        write_audit(&mut tx, ev, now_ms()).await?;
+        write_audit(&mut tx, ev, now_ms(), None).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -404,7 +427,7 @@ impl Backend {
             ev.tenant_id = tenant_id.clone();
             ev.actor = format!("user:{user_id}");
             ev.resource_id = session_id.clone();
-            write_audit(&mut tx, &ev, now).await?;
+            write_audit(&mut tx, &ev, now, None).await?;
             tx.commit().await?;
             return Ok(RefreshOutcome::ReuseDetected);
         }
@@ -417,7 +440,7 @@ impl Backend {
         ev.tenant_id = tenant_id.clone();
         ev.actor = format!("user:{user_id}");
         ev.resource_id = session_id.clone();
-        write_audit(&mut tx, &ev, now).await?;
+        write_audit(&mut tx, &ev, now, None).await?;
         tx.commit().await?;
         Ok(RefreshOutcome::Rotated {
             user_id,
@@ -448,7 +471,7 @@ impl Backend {
             .bind(tenant_id)
             .execute(&mut *tx)
             .await?;
-        write_audit(&mut tx, ev, now).await?;
+        write_audit(&mut tx, ev, now, None).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -467,7 +490,7 @@ impl Backend {
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
-        write_audit(&mut tx, ev, now).await?;
+        write_audit(&mut tx, ev, now, None).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -546,7 +569,7 @@ impl Backend {
                 body: row.try_get("response_body")?,
             }));
         }
-        write_audit(&mut tx, ev, now).await?;
+        write_audit(&mut tx, ev, now, None).await?;
         tx.commit().await?;
         Ok(IdempotentOutcome::Created(response.clone()))
     }
@@ -643,7 +666,7 @@ impl Backend {
             map.insert("from".into(), payment.status.clone().into());
             map.insert("to".into(), t.to.into());
         }
-        write_audit(&mut tx, &ev, now).await?;
+        write_audit(&mut tx, &ev, now, None).await?;
         tx.commit().await?;
         payment.status = t.to.to_string();
         payment.updated_at = now;
@@ -662,14 +685,14 @@ impl Backend {
                 texts.push(v);
             }
         }
-        for (cond, v) in [("created_at >=", f.since), ("created_at <", f.until), ("seq <", f.before_seq)] {
+        for (cond, v) in [("created_at >=", f.since), ("created_at <", f.until), ("pos <", f.before_pos)] {
             if let Some(v) = v {
                 n += 1;
                 sql.push_str(&format!(" AND {cond} ${n}"));
                 numbers.push(v);
             }
         }
-        sql.push_str(&format!(" ORDER BY seq DESC LIMIT ${}", n + 1));
+        sql.push_str(&format!(" ORDER BY pos DESC LIMIT ${}", n + 1));
         let mut q = sqlx::query(&sql).bind(tenant_id);
         for t in texts {
             q = q.bind(t);
@@ -682,23 +705,47 @@ impl Backend {
     }
 
     pub async fn verify_audit(&self) -> Result<Result<u64, ChainBreak>, StoreError> {
-        let heads = sqlx::query("SELECT tenant_id, seq, hash FROM audit_heads ORDER BY tenant_id")
+        let heads = sqlx::query("SELECT tenant_id, lane, seq, hash FROM audit_heads ORDER BY tenant_id, lane")
             .fetch_all(&self.pool)
             .await?;
         let mut checked = 0u64;
+        let mut lanes: Vec<(String, i64)> = Vec::new();
         for head in heads {
             let tenant_id: String = head.try_get("tenant_id")?;
+            let lane: i64 = head.try_get("lane")?;
             let seq: i64 = head.try_get("seq")?;
             let hash: String = head.try_get("hash")?;
-            let rows = sqlx::query(&format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE tenant_id = $1 ORDER BY seq"))
-                .bind(&tenant_id)
-                .fetch_all(&self.pool)
-                .await?;
+            let rows = sqlx::query(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE tenant_id = $1 AND lane = $2 ORDER BY seq"
+            ))
+            .bind(&tenant_id)
+            .bind(lane)
+            .fetch_all(&self.pool)
+            .await?;
             let records: Vec<AuditRecord> = rows.iter().map(audit_from_row).collect::<Result<_, _>>()?;
-            if let Err(b) = verify_chain(&tenant_id, &records, seq, &hash) {
+            if let Err(b) = verify_chain(&tenant_id, lane, &records, seq, &hash) {
                 return Ok(Err(b));
             }
             checked += records.len() as u64;
+            lanes.push((tenant_id, lane));
+        }
+        // Records outside every known lane (a lane or tenant id edited) are breaks too.
+        let total: i64 = sqlx::query("SELECT COUNT(*) AS n FROM audit_log").fetch_one(&self.pool).await?.try_get("n")?;
+        if total as u64 != checked {
+            let rows = sqlx::query(&format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY pos"))
+                .fetch_all(&self.pool)
+                .await?;
+            for row in &rows {
+                let r = audit_from_row(row)?;
+                if !lanes.iter().any(|(t, l)| *t == r.tenant_id && *l == r.lane) {
+                    return Ok(Err(ChainBreak::UnknownLane {
+                        tenant_id: r.tenant_id,
+                        lane: r.lane,
+                        seq: r.seq,
+                        id: r.id,
+                    }));
+                }
+            }
         }
         Ok(Ok(checked))
     }

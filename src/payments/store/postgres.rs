@@ -10,6 +10,12 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 type Db = sqlx::Postgres;
 /// PostgreSQL runs data-modifying CTEs: ops.rs folds two statements into one.
 const DATA_MODIFYING_CTE: bool = true;
+/// Take the first audit lane of the tenant that no other transaction holds (see `audit`).
+const PICK_FREE_LANE: Option<&str> = Some(
+    "UPDATE audit_heads SET seq = seq + 1 WHERE tenant_id = $1 AND lane = \
+     (SELECT lane FROM audit_heads WHERE tenant_id = $1 ORDER BY lane LIMIT 1 FOR UPDATE SKIP LOCKED) \
+     RETURNING lane, seq, hash",
+);
 type Pool = sqlx::PgPool;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/payments/migrations/postgres");

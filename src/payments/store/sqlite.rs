@@ -9,6 +9,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 type Db = sqlx::Sqlite;
 /// SQLite has no data-modifying CTEs.
 const DATA_MODIFYING_CTE: bool = false;
+/// SQLite has one writer at a time: every record goes to lane 0.
+const PICK_FREE_LANE: Option<&str> = None;
 type Pool = sqlx::SqlitePool;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/payments/migrations/sqlite");
