@@ -201,7 +201,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        dispatch!(self, b => b.pool.close().await)
+        dispatch!(self, b => b.close().await)
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

@@ -38,6 +38,10 @@ impl Backend {
         Ok(Backend { pool })
     }
 
+    pub(super) async fn close(&self) {
+        self.pool.close().await;
+    }
+
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Db>, StoreError> {
         Ok(self.pool.begin().await?)
     }

@@ -1,5 +1,8 @@
 //! The SQLite store: one file, WAL journal, `synchronous=FULL` so that a commit that was answered
-//! with 201 survives a crash, and `BEGIN IMMEDIATE` so that writers queue instead of failing.
+//! with 201 survives a crash. SQLite allows one writer at a time, so writes go through a pool of
+//! exactly one connection: writers wait in that pool's fair queue instead of in SQLite's busy
+//! handler, whose sleeps make tail latency explode. `BEGIN IMMEDIATE` (and the busy timeout) still
+//! cover writers in other processes such as `ward payments bootstrap`. Reads use their own pool.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -18,6 +21,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/payments/migratio
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub(super) pool: Pool,
+    writer: Pool,
 }
 
 impl Backend {
@@ -28,17 +32,27 @@ impl Backend {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(timeout);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(timeout)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(timeout)
             .connect_with(options)
             .await?;
-        MIGRATOR.run(&pool).await?;
-        Ok(Backend { pool })
+        Ok(Backend { pool, writer })
+    }
+
+    pub(super) async fn close(&self) {
+        self.pool.close().await;
+        self.writer.close().await;
     }
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Db>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
 
