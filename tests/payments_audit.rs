@@ -184,3 +184,72 @@ async fn every_auth_and_payment_event_is_recorded_with_its_context(kind: Kind) {
     assert!(ok, "{text}");
 }
 both_stores!(every_auth_and_payment_event_is_recorded_with_its_context);
+
+async fn concurrent_writers_spread_over_lanes_and_every_lane_is_verified(kind: Kind) {
+    let svc = std::sync::Arc::new(Service::start(kind).await);
+    let acme = svc.new_tenant("acme").await;
+    let t = svc.login(&acme).await.access;
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let (svc, t) = (svc.clone(), t.clone());
+        tasks.push(tokio::spawn(async move {
+            svc.create_payment(&t, &format!("lane-{i}"), payment_body("7.00"))
+                .await
+                .status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::CREATED);
+    }
+    let (ok, text) = verify(&svc.db.url);
+    assert!(ok, "{text}");
+    let store = svc.store().await;
+    let rows = store
+        .list_audit(
+            &acme.tenant_id,
+            &ward::payments::store::AuditFilter {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    store.close().await;
+    assert_eq!(rows.len(), 26, "user.created, login, 24 payments");
+    // Tamper with the newest record of the highest lane in use.
+    let victim = rows.iter().max_by_key(|r| (r.lane, r.seq)).unwrap().clone();
+    svc.db
+        .raw_execute(&format!(
+            "UPDATE audit_log SET actor = 'mallory' WHERE id = '{}'",
+            victim.id
+        ))
+        .await;
+    let (ok, text) = verify(&svc.db.url);
+    assert!(!ok);
+    assert!(
+        text.contains(&format!(
+            "lane {}: record seq {} (id {}) was altered",
+            victim.lane, victim.seq, victim.id
+        )),
+        "{text}"
+    );
+    // Put it back: the chain verifies again, so the check is about content, not about the edit.
+    svc.db
+        .raw_execute(&format!(
+            "UPDATE audit_log SET actor = '{}' WHERE id = '{}'",
+            victim.actor, victim.id
+        ))
+        .await;
+    assert!(verify(&svc.db.url).0);
+    // Moving a record to another lane breaks both lanes' chains.
+    let other_lane = (victim.lane + 1) % ward::payments::audit::AUDIT_LANES;
+    svc.db
+        .raw_execute(&format!(
+            "UPDATE audit_log SET lane = {other_lane} WHERE id = '{}'",
+            victim.id
+        ))
+        .await;
+    let (ok, text) = verify(&svc.db.url);
+    assert!(!ok, "{text}");
+}
+both_stores!(concurrent_writers_spread_over_lanes_and_every_lane_is_verified);

@@ -43,8 +43,13 @@ fn serve_args(db: &TestDb, keys: &KeyFiles) -> Vec<String> {
 }
 
 fn spawn(db: &TestDb, keys: &KeyFiles) -> Proc {
+    spawn_with(serve_args(db, keys), &[])
+}
+
+fn spawn_with(args: Vec<String>, envs: &[(&str, String)]) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ward"))
-        .args(serve_args(db, keys))
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -305,4 +310,28 @@ async fn keys_generate_writes_a_usable_keypair_with_private_permissions() {
             .mode();
         assert_eq!(mode & 0o077, 0);
     }
+}
+
+#[tokio::test]
+async fn the_signing_key_can_come_from_the_environment() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let keys = write_key_files(db.dir.path());
+    let mut args = serve_args(&db, &keys);
+    let i = args.iter().position(|a| a == "--signing-key").unwrap();
+    args.drain(i..i + 2);
+    let pem = std::fs::read_to_string(&keys.signing).unwrap();
+    let proc = spawn_with(
+        args,
+        &[
+            ("WARD_PAYMENTS_SIGNING_KEY_PEM", pem),
+            ("WARD_PAYMENTS_SIGNING_KID", "from-env".into()),
+        ],
+    );
+    let jwks: serde_json::Value = reqwest::get(format!("{}/.well-known/jwks.json", proc.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], "from-env");
 }
