@@ -16,6 +16,8 @@ use serde_json::json;
 struct Proc {
     child: Child,
     base: String,
+    /// Every stderr line (the JSON log) seen so far.
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Proc {
@@ -57,6 +59,8 @@ fn spawn_with(args: Vec<String>, envs: &[(&str, String)]) -> Proc {
         .expect("spawn ward");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
     // Read the log until the listening line, then keep draining so the child never blocks on a full pipe.
     std::thread::spawn(move || {
         let mut tx = Some(tx);
@@ -71,6 +75,7 @@ fn spawn_with(args: Vec<String>, envs: &[(&str, String)]) -> Proc {
                     }
                 }
             }
+            sink.lock().unwrap().push(line);
         }
     });
     let addr = rx
@@ -79,6 +84,7 @@ fn spawn_with(args: Vec<String>, envs: &[(&str, String)]) -> Proc {
     Proc {
         child,
         base: format!("http://{addr}"),
+        log,
     }
 }
 
@@ -334,4 +340,36 @@ async fn the_signing_key_can_come_from_the_environment() {
         .await
         .unwrap();
     assert_eq!(jwks["keys"][0]["kid"], "from-env");
+}
+
+#[tokio::test]
+async fn request_logs_are_json_lines_carrying_the_proxy_request_id() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let keys = write_key_files(db.dir.path());
+    let proc = spawn(&db, &keys);
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/payments", proc.base))
+        .header("x-request-id", "log-check-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = proc.log.lock().unwrap().iter().any(|line| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
+                v["span"]["request_id"] == "log-check-42"
+                    && v["fields"]["status"] == 401
+                    && v["fields"]["route"] == "/v1/payments"
+            })
+        });
+        if found {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no JSON log line with the request id"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
