@@ -373,3 +373,47 @@ async fn request_logs_are_json_lines_carrying_the_proxy_request_id() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn bootstrap_prints_a_generated_password_once_and_it_logs_in() {
+    let db = TestDb::new(Kind::Sqlite).await;
+    let keys = write_key_files(db.dir.path());
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_ward"))
+            .args([
+                "payments",
+                "bootstrap",
+                "--database-url",
+                &db.url,
+                "--tenant",
+                "first",
+                "--email",
+                "Owner@Example.com",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let password = text
+        .lines()
+        .find_map(|l| l.strip_prefix("password:"))
+        .map(|p| p.trim().to_string())
+        .expect("password line");
+    assert!(password.len() >= 20);
+    // A second bootstrap of the same tenant is refused; no second password is minted for it.
+    assert!(!run().status.success());
+    let proc = spawn(&db, &keys);
+    let creds = ward::payments::Bootstrapped {
+        tenant_id: String::new(),
+        tenant: "first".into(),
+        email: "owner@example.com".into(),
+        password,
+    };
+    login(&reqwest::Client::new(), &proc.base, &creds).await;
+}
