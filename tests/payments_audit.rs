@@ -241,8 +241,11 @@ async fn concurrent_writers_spread_over_lanes_and_every_lane_is_verified(kind: K
         ))
         .await;
     assert!(verify(&svc.db.url).0);
-    // Moving a record to another lane breaks both lanes' chains.
-    let other_lane = (victim.lane + 1) % ward::payments::audit::AUDIT_LANES;
+    // Moving a record to another lane (one where its seq is free, else a lane that does not exist)
+    // breaks verification too.
+    let other_lane = (0..ward::payments::audit::AUDIT_LANES)
+        .find(|l| *l != victim.lane && !rows.iter().any(|r| r.lane == *l && r.seq == victim.seq))
+        .unwrap_or(99);
     svc.db
         .raw_execute(&format!(
             "UPDATE audit_log SET lane = {other_lane} WHERE id = '{}'",
