@@ -460,3 +460,25 @@ async fn operational_endpoints_answer_and_the_request_id_reaches_logs_and_audit(
     assert!(metrics.contains("route=\"/v1/payments\""));
 }
 both_stores!(operational_endpoints_answer_and_the_request_id_reaches_logs_and_audit);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_503_when_the_database_is_gone() {
+    let svc = Service::start(Kind::Postgres).await;
+    assert_eq!(svc.get("/readyz", None).await.status, StatusCode::OK);
+    let name = svc.db.url.rsplit('/').next().unwrap().to_string();
+    let mut admin =
+        <sqlx::PgConnection as sqlx::Connection>::connect(payments_support::PG_ADMIN_URL)
+            .await
+            .unwrap();
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let r = svc.get("/readyz", None).await;
+    assert_problem(&r, 503);
+    assert_eq!(
+        svc.get("/healthz", None).await.status,
+        StatusCode::OK,
+        "the process itself is alive"
+    );
+}
