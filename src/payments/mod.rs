@@ -134,11 +134,13 @@ pub async fn serve(
         }
     }
     drop(listener);
+    tracing::info!("shutdown requested; draining open connections");
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("drain deadline passed; closing open connections"),
     }
     store.close().await;
+    tracing::info!("payments service stopped");
     Ok(())
 }
 
