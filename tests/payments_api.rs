@@ -248,6 +248,7 @@ async fn every_invalid_input_gets_a_4xx_with_a_clear_message(kind: Kind) {
         (with("currency", json!("XYZ")), 422, "currency"),
         (with("currency", json!("eur")), 422, "currency"),
         (with("currency", json!("XAU")), 422, "currency"),
+        (with("currency", json!("HRK")), 422, "currency"),
         (with("description", json!("a\u{0007}b")), 422, "description"),
         (
             with("description", json!("x".repeat(501))),

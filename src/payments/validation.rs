@@ -37,6 +37,16 @@ pub fn parse_currency(raw: &str) -> Result<ValidCurrency, FieldError> {
         return Err(err());
     }
     let code = Currency::from_code(raw).ok_or_else(err)?;
+    // Historic codes (HRK, SLL, ...) are no longer on the current list.
+    if let Some(successor) = code.is_superseded() {
+        return Err(FieldError::new(
+            "currency",
+            format!(
+                "{raw} is no longer an active currency; use {}",
+                successor.code()
+            ),
+        ));
+    }
     let exponent = code.exponent().ok_or_else(|| {
         FieldError::new(
             "currency",
@@ -337,7 +347,8 @@ mod tests {
     #[test]
     fn currencies_come_from_iso_4217() {
         assert!(parse_currency("USD").is_ok());
-        for raw in ["usd", "ABC", "XAU", "XXX", "EURO", ""] {
+        assert_eq!(parse_currency("CLF").unwrap().exponent, 4);
+        for raw in ["usd", "ABC", "XAU", "XXX", "EURO", "", "HRK", "VES"] {
             assert!(parse_currency(raw).is_err(), "{raw:?} should be refused");
         }
     }
