@@ -265,6 +265,18 @@ async fn access_tokens_carry_the_claims_and_verify_with_the_published_jwks(kind:
     let t = svc.login(&admin).await;
     let jwks = svc.get("/.well-known/jwks.json", None).await;
     assert_eq!(jwks.status, StatusCode::OK);
+    assert_eq!(jwks.headers["cache-control"], "public, max-age=300");
+    let r = svc
+        .post(
+            "/v1/auth/refresh",
+            None,
+            json!({ "refresh_token": t.refresh }),
+        )
+        .await;
+    assert_eq!(
+        r.headers["cache-control"], "no-store",
+        "token responses are never cached"
+    );
     let jwk: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks.body.clone()).unwrap();
     let header = jsonwebtoken::decode_header(&t.access).unwrap();
     assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);

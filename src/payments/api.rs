@@ -189,9 +189,11 @@ pub async fn handle(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", v);
     }
+    // Tokens, payments and audit records must not be cached; a handler may say otherwise (JWKS).
     response
         .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        .entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     span.in_scope(|| {
         tracing::info!(
             method = %method,
