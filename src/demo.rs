@@ -1,20 +1,16 @@
-//! `ward demo`: the proxy with the default policy in front of a built-in upstream, with an
-//! ephemeral self-signed certificate held in memory (no key is written anywhere) and in-memory
-//! limits. The policy is copied to a fresh directory so it can be edited live.
+//! `ward demo`: the proxy with the default policy in front of the bundled payments service, on a
+//! fresh machine with nothing configured: an ephemeral self-signed certificate held in memory (no
+//! TLS key is written anywhere), in-memory limits, and for the service freshly generated keys, an
+//! SQLite file and a bootstrapped demo tenant whose generated password is printed once. Everything
+//! lives in a new directory; the policy there can be edited live.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
+use crate::payments;
 use crate::policy::PolicyStore;
 use crate::proxy::{self, Proxy};
 use crate::telemetry::Metrics;
@@ -55,6 +51,8 @@ pub enum DemoError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Proxy(#[from] proxy::ProxyError),
+    #[error(transparent)]
+    Payments(#[from] payments::Error),
 }
 
 pub async fn run(
@@ -70,18 +68,24 @@ pub async fn run(
         path: dir.clone(),
         source,
     })?;
+    let io_err = |source| DemoError::Dir {
+        path: dir.clone(),
+        source,
+    };
 
+    // The payments service: fresh keys, an SQLite file and a bootstrapped tenant in `dir/payments`.
+    let setup = payments::demo::prepare(&dir.join("payments")).await?;
     let upstream = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|source| DemoError::Bind {
-            addr: "127.0.0.1:0".parse().expect("valid"),
+            addr: "127.0.0.1:0".parse().expect("a valid address"),
             source,
         })?;
-    let upstream_addr = upstream.local_addr().map_err(|source| DemoError::Dir {
-        path: dir.clone(),
-        source,
-    })?;
-    tokio::spawn(echo_upstream(upstream));
+    let upstream_addr = upstream.local_addr().map_err(io_err)?;
+    let (stop_payments, payments_stopped) = tokio::sync::oneshot::channel::<()>();
+    let payments_task = tokio::spawn(payments::run(upstream, setup.config.clone(), async {
+        let _ = payments_stopped.await;
+    }));
 
     let policy_path = dir.join("policy.yaml");
     let policy_text =
@@ -101,34 +105,32 @@ pub async fn run(
     };
     let listener = bind(settings.listen).await?;
     let admin = bind(settings.admin_listen).await?;
-    let https = listener.local_addr().map_err(|source| DemoError::Dir {
-        path: dir.clone(),
-        source,
-    })?;
-    let admin_addr = admin.local_addr().map_err(|source| DemoError::Dir {
-        path: dir.clone(),
-        source,
-    })?;
+    let https = listener.local_addr().map_err(io_err)?;
+    let admin_addr = admin.local_addr().map_err(io_err)?;
 
+    let b = format!("https://localhost:{}", https.port());
     println!("ward demo is running (Ctrl-C to stop)");
-    println!(
-        "  proxy:    https://localhost:{}/  (self-signed certificate, made just now)",
-        https.port()
-    );
+    println!("  proxy:    {b}/  (self-signed certificate, made just now)");
     println!("  admin:    http://{admin_addr}/metrics  /policy  /readyz");
-    println!("  upstream: http://{upstream_addr}/  (built-in echo service)");
+    println!(
+        "  payments: http://{upstream_addr}/  (the bundled payments service, SQLite in {})",
+        dir.join("payments").display()
+    );
     println!(
         "  policy:   {}  (edit it; changes apply live)",
         policy_path.display()
     );
+    println!("demo login (generated for this run, shown once):");
+    println!("  tenant:   {}", setup.tenant);
+    println!("  email:    {}", setup.email);
+    println!("  password: {}", setup.password);
     println!("try:");
     println!(
-        "  curl -sk -i https://localhost:{}/v1/payments",
-        https.port()
+        "  curl -sk {b}/v1/auth/login -H 'content-type: application/json' -d '{{\"tenant\":\"{}\",\"email\":\"{}\",\"password\":\"{}\"}}'",
+        setup.tenant, setup.email, setup.password
     );
-    println!("  for i in 1 2 3 4 5 6; do curl -sk -o /dev/null -w '%{{http_code}}\\n' -X POST -H 'content-type: application/json' -d '{{}}' https://localhost:{}/v1/auth/login; done", https.port());
 
-    proxy::run(
+    let served = proxy::run(
         Proxy {
             listener,
             admin,
@@ -140,47 +142,13 @@ pub async fn run(
         },
         shutdown,
     )
-    .await?;
-    Ok(())
-}
-
-/// A small JSON echo service standing in for the payments backend.
-pub async fn echo_upstream(listener: TcpListener) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let svc = service_fn(|req: Request<Incoming>| async move {
-                let method = req.method().to_string();
-                let path = req.uri().path().to_owned();
-                let request_id = req
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned();
-                let body = req
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|c| c.to_bytes().len())
-                    .unwrap_or(0);
-                let json = serde_json::json!({"service": "ward-demo-upstream", "method": method, "path": path, "request_id": request_id, "body_bytes": body});
-                let mut r = Response::new(Full::new(Bytes::from(json.to_string())));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                r.headers_mut().insert(
-                    header::SERVER,
-                    HeaderValue::from_static("demo-upstream/1.0"),
-                );
-                Ok::<_, Infallible>(r)
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
-        });
+    .await;
+    // The proxy has drained; now the service behind it stops.
+    let _ = stop_payments.send(());
+    match payments_task.await {
+        Ok(result) => result?,
+        Err(e) => tracing::error!(error = %e, "the payments task failed"),
     }
+    served?;
+    Ok(())
 }

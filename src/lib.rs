@@ -23,12 +23,16 @@
 //!   7. response hardening (security headers, CORS, RateLimit headers, request id) on every
 //!      response, errors included.
 //! - [`telemetry`]: JSON logs and the Prometheus metric handles.
+//! - [`payments`]: `ward payments`, the bundled upstream: token issuing with rotation, payments
+//!   with validation and idempotency, the tenant-scoped tamper-evident audit trail, on SQLite or
+//!   PostgreSQL. It never imports `proxy`, and `proxy` never imports it.
 //! - [`demo`]: `ward demo`, the whole thing on a fresh machine with embedded defaults.
 
 #![forbid(unsafe_code)]
 
 pub mod demo;
 pub mod limit;
+pub mod payments;
 pub mod policy;
 pub mod proxy;
 pub mod settings;

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 
+use ward::payments;
 use ward::policy::{self, PolicyStore};
 use ward::proxy::{self, Proxy};
 use ward::settings::ProxySettings;
@@ -42,6 +43,78 @@ enum Command {
     },
     /// Print the JSON Schema of the policy file.
     Schema,
+    /// Run the bundled payments and audit service (default), or bootstrap its first tenant.
+    #[command(args_conflicts_with_subcommands = true)]
+    Payments {
+        #[command(subcommand)]
+        command: Option<PaymentsCommand>,
+        #[command(flatten)]
+        serve: Box<payments::config::ServeArgs>,
+    },
+    /// Key material.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PaymentsCommand {
+    /// Serve the payments API.
+    Serve(Box<payments::config::ServeArgs>),
+    /// Create a tenant and its first admin; prints a generated password once.
+    Bootstrap {
+        #[command(flatten)]
+        database: payments::config::DatabaseArgs,
+        /// Tenant slug (a-z, 0-9, '-').
+        #[arg(long)]
+        tenant: String,
+        /// Display name of the tenant.
+        #[arg(long)]
+        name: Option<String>,
+        /// Email of the first admin.
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KeyKind {
+    /// Ed25519 token-signing keypair: KID.private.pem (mode 600) and KID.public.pem.
+    Signing,
+    /// AES-256-GCM data key: KID.datakey (mode 600).
+    Data,
+    /// Random shared secret (webhook HMAC, internal token): KID.secret (mode 600).
+    Secret,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Write a new key into a directory.
+    Generate {
+        #[arg(long, value_enum, default_value = "signing")]
+        kind: KeyKind,
+        /// Key id (file name stem).
+        #[arg(long)]
+        kid: String,
+        /// Output directory.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every tenant's hash chain; names the first altered or removed record.
+    Verify {
+        #[command(flatten)]
+        database: payments::config::DatabaseArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +137,19 @@ fn main() -> ExitCode {
         Command::Schema => {
             println!("{}", policy::schema_json());
             Ok(())
+        }
+        command @ (Command::Payments { .. } | Command::Keys { .. } | Command::Audit { .. }) => {
+            // The payments tools log JSON lines to stderr, keeping stdout for what they print
+            // (bootstrap's one-time password, key file paths, verification results).
+            tracing_subscriber::fmt()
+                .json()
+                .with_writer(std::io::stderr)
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            runtime(None).and_then(|rt| rt.block_on(run_payments(command)))
         }
     };
     match result {
@@ -131,6 +217,85 @@ async fn run_proxy(s: ProxySettings) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await?;
+    Ok(())
+}
+
+/// The payments service and its tools (keys, audit).
+async fn run_payments(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Payments { command, serve } => match command {
+            None => serve_payments(serve).await,
+            Some(PaymentsCommand::Serve(args)) => serve_payments(args).await,
+            Some(PaymentsCommand::Bootstrap {
+                database,
+                tenant,
+                name,
+                email,
+            }) => {
+                let store = payments::store::Store::connect(
+                    &database.database_url,
+                    std::time::Duration::from_secs(10),
+                )
+                .await
+                .context("open the payments database")?;
+                let name = name.unwrap_or_else(|| tenant.clone());
+                let created = payments::bootstrap(&store, &tenant, &name, &email).await;
+                store.close().await;
+                let created = created?;
+                println!("tenant:   {} ({})", created.tenant, created.tenant_id);
+                println!("email:    {}", created.email);
+                println!("password: {}", created.password);
+                println!("This password is shown once. Change it with POST /v1/auth/password.");
+                Ok(())
+            }
+        },
+        Command::Keys {
+            command: KeysCommand::Generate { kind, kid, out },
+        } => {
+            match kind {
+                KeyKind::Signing => {
+                    let (private, public) = payments::keys::write_signing_keypair(&out, &kid)?;
+                    println!("private key: {}", private.display());
+                    println!("public key:  {}", public.display());
+                }
+                KeyKind::Data => {
+                    let path = payments::keys::write_data_key(&out, &kid)?;
+                    println!("data key: {}", path.display());
+                }
+                KeyKind::Secret => {
+                    let path = out.join(format!("{kid}.secret"));
+                    payments::keys::write_private_file(
+                        &path,
+                        payments::keys::Secret::generate_text().as_bytes(),
+                    )?;
+                    println!("secret: {}", path.display());
+                }
+            }
+            Ok(())
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { database },
+        } => {
+            let checked = payments::verify_audit(&database.database_url).await?;
+            println!("audit chains intact: {checked} records verified");
+            Ok(())
+        }
+        Command::Proxy(_)
+        | Command::Demo(_)
+        | Command::Check { .. }
+        | Command::Explain { .. }
+        | Command::Schema => {
+            unreachable!("only payments, keys and audit commands reach run_payments")
+        }
+    }
+}
+
+async fn serve_payments(args: Box<payments::config::ServeArgs>) -> anyhow::Result<()> {
+    let config = payments::Config::load(&args)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("bind {}", args.listen))?;
+    payments::run(listener, config, shutdown_signal()).await?;
     Ok(())
 }
 
