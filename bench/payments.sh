@@ -5,8 +5,9 @@
 #   bench/payments.sh [sqlite|postgres|both]      (default both)
 #
 # Environment: CONNECTIONS (default 32), DURATION (default 20s), THREADS (default 2),
-#              WARD_BENCH_TARGET (default: direct to the payments service; set to a proxy base URL
-#              that forwards to it to measure through the proxy),
+#              VIA (default "proxy direct"): "proxy" sends the load through `ward proxy` (TLS,
+#              bench/payments-policy.yaml) in front of the service, "direct" straight to the service;
+#              both, one after the other on the same database, for a side-by-side ratio.
 #              PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres).
 # Needs: wrk, curl, jq, psql (apt-get install wrk curl jq postgresql-client).
 # Every key, secret and password is generated for this run in a temp dir and removed at the end.
@@ -19,7 +20,8 @@ THREADS="${THREADS:-2}"
 PG_ADMIN_URL="${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
-for tool in wrk curl jq psql; do
+VIA="${VIA:-proxy direct}"
+for tool in wrk curl jq psql openssl; do
   command -v "$tool" >/dev/null || { echo "bench: $tool is required" >&2; exit 1; }
 done
 
@@ -29,8 +31,10 @@ ward="$root/target/release/ward"
 
 work="$(mktemp -d)"
 server_pid=""
+proxy_pid=""
 pg_db=""
 cleanup() {
+  if [[ -n "$proxy_pid" ]]; then kill "$proxy_pid" 2>/dev/null || true; wait "$proxy_pid" 2>/dev/null || true; fi
   if [[ -n "$server_pid" ]]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
   if [[ -n "$pg_db" ]]; then psql -q "$PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" >/dev/null 2>&1 || true; fi
   rm -rf "$work"
@@ -38,6 +42,10 @@ cleanup() {
 trap cleanup EXIT
 
 "$ward" keys generate --kind signing --kid bench-1 --out "$work" >/dev/null
+# The proxy's throwaway TLS certificate and its policy, each in its own directory (ward watches them).
+mkdir -p "$work/tls" "$work/policy"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+  -keyout "$work/tls/key.pem" -out "$work/tls/cert.pem" 2>/dev/null
 "$ward" keys generate --kind data --kid data-1 --out "$work" >/dev/null
 "$ward" keys generate --kind secret --kid webhook --out "$work" >/dev/null
 
@@ -83,6 +91,18 @@ function done(summary, latency, requests)
 end
 LUA
 
+# measure STORE VIA BASE PASSWORD: log in through BASE, warm up, then the measured wrk run.
+measure() {
+  local store="$1" via="$2" base="$3" password="$4" token
+  token="$(curl -skf "$base/v1/auth/login" -H 'content-type: application/json' \
+    -d "{\"tenant\":\"bench\",\"email\":\"bench@example.com\",\"password\":\"$password\"}" | jq -r .access_token)"
+  # Warm up connections and caches, then measure.
+  WARD_BENCH_TOKEN="$token" WARD_BENCH_RUN="warm-$via" wrk -t"$THREADS" -c"$CONNECTIONS" -d3s -s "$work/payments.lua" "$base/v1/payments" >/dev/null
+  echo "== $store via $via: $CONNECTIONS connections, $DURATION, target $base"
+  WARD_BENCH_TOKEN="$token" WARD_BENCH_RUN="run-$via" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
+    -s "$work/payments.lua" "$base/v1/payments" | grep RESULT | sed "s/^RESULT/$store via $via:/"
+}
+
 run_one() {
   local store="$1" url
   case "$store" in
@@ -108,15 +128,27 @@ run_one() {
     sleep 0.1
   done
   [[ -n "$addr" ]] || { echo "bench: service did not start:"; cat "$work/$store.log"; exit 1; }
-  local base="${WARD_BENCH_TARGET:-http://$addr}"
-  local token
-  token="$(curl -sf "$base/v1/auth/login" -H 'content-type: application/json' \
-    -d "{\"tenant\":\"bench\",\"email\":\"bench@example.com\",\"password\":\"$password\"}" | jq -r .access_token)"
-  # Warm up connections and caches, then measure.
-  WARD_BENCH_TOKEN="$token" WARD_BENCH_RUN="warm" wrk -t"$THREADS" -c"$CONNECTIONS" -d3s -s "$work/payments.lua" "$base/v1/payments" >/dev/null
-  echo "== $store: $CONNECTIONS connections, $DURATION, target $base"
-  WARD_BENCH_TOKEN="$token" WARD_BENCH_RUN="run" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
-    -s "$work/payments.lua" "$base/v1/payments" | grep RESULT | sed "s/^RESULT/$store/"
+  local via base
+  for via in $VIA; do
+    base="http://$addr"
+    if [[ "$via" == proxy ]]; then
+      sed "s|url: http://127.0.0.1:8080|url: http://$addr|" "$root/bench/payments-policy.yaml" >"$work/policy/policy.yaml"
+      "$ward" proxy --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --tls-cert "$work/tls/cert.pem" \
+        --tls-key "$work/tls/key.pem" --policy "$work/policy/policy.yaml" --log-level warn,ward=info \
+        >"$work/proxy-$store.log" 2>&1 &
+      proxy_pid=$!
+      local listen=""
+      for _ in $(seq 1 100); do
+        listen="$(grep -o '"listen":"[^"]*"' "$work/proxy-$store.log" | head -1 | cut -d'"' -f4 || true)"
+        [[ -n "$listen" ]] && break
+        sleep 0.1
+      done
+      [[ -n "$listen" ]] || { echo "bench: proxy did not start:"; cat "$work/proxy-$store.log"; exit 1; }
+      base="https://$listen"
+    fi
+    measure "$store" "$via" "$base" "$password"
+    if [[ -n "$proxy_pid" ]]; then kill "$proxy_pid"; wait "$proxy_pid" 2>/dev/null || true; proxy_pid=""; fi
+  done
   "$ward" audit verify --database-url "$url" 2>/dev/null | sed "s/^/$store: /"
   kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
   if [[ "$store" == postgres ]]; then
