@@ -159,9 +159,6 @@ pub async fn forward(
         Err(_) => return Err(Rejection::UpstreamTimeout),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "upstream request failed");
-            if find_cause::<BodyOverLimit>(&e) {
-                return Err(Rejection::BodyTooLarge);
-            }
             return Err(Rejection::UpstreamUnavailable);
         }
         Ok(Ok(r)) => r,
@@ -173,21 +170,6 @@ pub async fn forward(
         upstream_time,
     })
 }
-
-fn find_cause<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.is::<E>() {
-            return true;
-        }
-        cur = err.source();
-    }
-    false
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("request body is over the route's limit")]
-struct BodyOverLimit;
 
 /// A request body in shadow mode: streams, and remembers once that it went over the limit.
 struct CountingBody {
