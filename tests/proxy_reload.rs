@@ -10,23 +10,14 @@ fn with_deny(path: &str) -> String {
     BASIC.replace("routes:\n", &format!("routes:\n  - name: blocked\n    match: {{ path: {{ prefix: {path} }} }}\n    deny: {{ status: 403 }}\n"))
 }
 
-async fn status(p: &support::Running, path: &str) -> u16 {
-    p.client(false)
-        .get(p.url(path))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn valid_policy_edit_applies_within_two_seconds() {
     let p = start(BASIC).await;
-    assert_eq!(status(&p, "/new").await, 200);
+    assert_eq!(p.status(false, "/new").await, 200);
     p.write_policy(&with_deny("/new"));
     assert!(
         eventually(Duration::from_secs(2), || async {
-            status(&p, "/new").await == 403
+            p.status(false, "/new").await == 403
         })
         .await,
         "edit not applied within 2s"
@@ -67,7 +58,7 @@ async fn invalid_edit_keeps_the_old_policy_and_shows_the_error() {
         "the last good policy keeps serving"
     );
     assert_eq!(
-        status(&p, "/x").await,
+        p.status(false, "/x").await,
         200,
         "the deny route of the bad edit did not half-apply"
     );
@@ -80,7 +71,7 @@ async fn invalid_edit_keeps_the_old_policy_and_shows_the_error() {
     p.write_policy(&with_deny("/x"));
     assert!(
         eventually(Duration::from_secs(2), || async {
-            status(&p, "/x").await == 403
+            p.status(false, "/x").await == 403
         })
         .await
     );
@@ -101,7 +92,7 @@ async fn configmap_style_data_symlink_swap_reloads() {
     std::os::unix::fs::symlink("..2026_11_22_10_00_00.000000001", cm.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/policy.yaml", cm.join("policy.yaml")).unwrap();
     let p = start_in(dir, cm.clone(), upstream, Options::default()).await;
-    assert_eq!(status(&p, "/cm").await, 200);
+    assert_eq!(p.status(false, "/cm").await, 200);
 
     let v2 = cm.join("..2026_11_22_10_05_00.000000002");
     std::fs::create_dir(&v2).unwrap();
@@ -115,7 +106,7 @@ async fn configmap_style_data_symlink_swap_reloads() {
     std::fs::remove_dir_all(&v1).unwrap();
     assert!(
         eventually(Duration::from_secs(2), || async {
-            status(&p, "/cm").await == 403
+            p.status(false, "/cm").await == 403
         })
         .await,
         "the ..data swap was not seen"
@@ -133,7 +124,7 @@ async fn sighup_reloads_a_change_the_watcher_cannot_see() {
     let link = dir.path().join("policy.yaml");
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let p = start_in(dir, link, upstream, Options::default()).await;
-    assert_eq!(status(&p, "/hup").await, 200);
+    assert_eq!(p.status(false, "/hup").await, 200);
     std::fs::write(&target, render(&with_deny("/hup"), p.upstream.addr)).unwrap();
     let pid = std::process::id().to_string();
     assert!(std::process::Command::new("kill")
@@ -143,7 +134,7 @@ async fn sighup_reloads_a_change_the_watcher_cannot_see() {
         .success());
     assert!(
         eventually(Duration::from_secs(3), || async {
-            status(&p, "/hup").await == 403
+            p.status(false, "/hup").await == 403
         })
         .await,
         "SIGHUP did not reload"

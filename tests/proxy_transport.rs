@@ -26,12 +26,7 @@ async fn slowloris_header_timeout_closes_the_connection() {
     }
     assert_eq!(p.upstream.count(), 0);
     assert_eq!(
-        p.client(false)
-            .get(p.url("/ok"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        p.status(false, "/ok").await,
         200,
         "other clients are served"
     );
@@ -120,16 +115,7 @@ async fn http2_rapid_reset_ends_the_offending_connection_only() {
             .await
             .is_ok();
     assert!(ended, "the resetting connection was ended (GOAWAY)");
-    assert_eq!(
-        p.client(true)
-            .get(p.url("/fine"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200,
-        "others are served"
-    );
+    assert_eq!(p.status(true, "/fine").await, 200, "others are served");
 }
 
 #[tokio::test]
@@ -301,14 +287,5 @@ async fn http2_continuation_flood_ends_the_offending_connection_only() {
         "the connection survived {sent} bytes of CONTINUATION frames"
     );
     assert_eq!(p.upstream.count(), 0);
-    assert_eq!(
-        p.client(true)
-            .get(p.url("/fine"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200,
-        "others are served"
-    );
+    assert_eq!(p.status(true, "/fine").await, 200, "others are served");
 }

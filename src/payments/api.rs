@@ -512,10 +512,7 @@ async fn login(
                 serde_json::json!({ "email": masked }),
             );
             store.login_succeeded(&user, &session, &ev).await?;
-            metrics
-                .auth_events_total
-                .with_label_values(&["login_succeeded"])
-                .inc();
+            metrics.auth_event("login_succeeded");
             let role = Role::parse(&user.role)
                 .ok_or_else(|| ApiError::Internal(StoreError::Corrupt("role".into())))?;
             let principal = Principal {
@@ -556,15 +553,9 @@ async fn login(
             let locked_now = store
                 .login_failed(&user, state.config().lockout, &ev, &lock_ev)
                 .await?;
-            metrics
-                .auth_events_total
-                .with_label_values(&["login_failed"])
-                .inc();
+            metrics.auth_event("login_failed");
             if locked_now {
-                metrics
-                    .auth_events_total
-                    .with_label_values(&["lockout"])
-                    .inc();
+                metrics.auth_event("lockout");
             }
             Err(ApiError::InvalidCredentials)
         }
@@ -582,10 +573,7 @@ async fn login(
                 serde_json::json!({ "email": masked, "tenant": slug, "reason": "unknown_user" }),
             );
             store.append_audit(&ev).await?;
-            metrics
-                .auth_events_total
-                .with_label_values(&["login_failed"])
-                .inc();
+            metrics.auth_event("login_failed");
             Err(ApiError::InvalidCredentials)
         }
     }
@@ -636,10 +624,7 @@ async fn refresh(
             role,
             session_id,
         } => {
-            metrics
-                .auth_events_total
-                .with_label_values(&["refresh"])
-                .inc();
+            metrics.auth_event("refresh");
             let role = Role::parse(&role)
                 .ok_or_else(|| ApiError::Internal(StoreError::Corrupt("role".into())))?;
             let principal = Principal {
@@ -652,10 +637,7 @@ async fn refresh(
         }
         RefreshOutcome::ReuseDetected => {
             tracing::warn!("refresh token reuse detected; session revoked");
-            metrics
-                .auth_events_total
-                .with_label_values(&["refresh_reuse_detected"])
-                .inc();
+            metrics.auth_event("refresh_reuse_detected");
             Err(ApiError::InvalidRefreshToken)
         }
         RefreshOutcome::Invalid => Err(ApiError::InvalidRefreshToken),
@@ -682,12 +664,7 @@ async fn logout(
         .store()
         .revoke_session(&p.tenant_id, &p.session_id, "logout", &ev)
         .await?;
-    state
-        .0
-        .metrics
-        .auth_events_total
-        .with_label_values(&["logout"])
-        .inc();
+    state.0.metrics.auth_event("logout");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -758,12 +735,7 @@ async fn change_password(
         .store()
         .change_password(&p.tenant_id, &p.user_id, &new_hash, &ev)
         .await?;
-    state
-        .0
-        .metrics
-        .auth_events_total
-        .with_label_values(&["password_changed"])
-        .inc();
+    state.0.metrics.auth_event("password_changed");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

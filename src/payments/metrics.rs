@@ -21,6 +21,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one authentication event (`login_succeeded`, `lockout`, `refresh`, ...).
+    pub fn auth_event(&self, kind: &str) {
+        self.auth_events_total.with_label_values(&[kind]).inc();
+    }
+
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests_total = IntCounterVec::new(

@@ -295,6 +295,16 @@ impl Running {
         b.build().unwrap()
     }
 
+    /// The status of a GET to `path` (0 if the request failed), over HTTP/2 when `h2`.
+    pub async fn status(&self, h2: bool, path: &str) -> u16 {
+        self.client(h2)
+            .get(self.url(path))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
     /// Begins graceful shutdown (as SIGTERM does).
     pub fn shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
