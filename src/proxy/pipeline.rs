@@ -166,10 +166,13 @@ async fn run_stages(
         started_trace,
     };
     let timer = shared.metrics.upstream_timer(&route.name);
-    let shadow_body = shared
-        .metrics
-        .shadow_blocks
-        .with_label_values(&[&*route.name, "body-too-large"]);
+    // Looked up only for shadow-mode limits: the one case that counts an over-limit unsized body.
+    let shadow_body = (route.limits.mode == Mode::Shadow).then(|| {
+        shared
+            .metrics
+            .shadow_blocks
+            .with_label_values(&[&*route.name, "body-too-large"])
+    });
     let forwarded =
         upstream::forward(&shared.client, policy, &route, req, fwd, shadow_body).await?;
     timer.observe(forwarded.upstream_time.as_secs_f64());

@@ -73,7 +73,7 @@ pub async fn forward(
     route: &Route,
     req: Request<Incoming>,
     fwd: Forwarded<'_>,
-    shadow_body: prometheus::IntCounter,
+    shadow_body: Option<prometheus::IntCounter>,
 ) -> Result<Forwarding, Rejection> {
     let up = &policy.upstream;
     let deadline = Instant::now() + up.request_timeout;
@@ -88,7 +88,7 @@ pub async fn forward(
             inner: incoming,
             seen: 0,
             limit: route.limits.max_body,
-            over: Some(shadow_body),
+            over: shadow_body,
         }
         .boxed_unsync()
     } else {
