@@ -9,6 +9,8 @@
 //!   into reloads; a bad reload keeps the last good policy.
 //! - [`tls`]: certificate loading, the rustls `ServerConfig` (TLS 1.2/1.3, ALPN h2 + http/1.1),
 //!   and the `CertStore` that swaps certificates for new handshakes.
+//! - [`identity`]: the token vocabulary both services speak: `Principal` (a verified caller),
+//!   `AuthMethod`, the payments service's `Role` and `AccessClaims`. Data only, no I/O.
 //! - [`limit`]: GCRA rate limiting behind the `Limiter` enum (memory now, Redis next).
 //! - [`proxy`]: the transport (accept, handshake, HTTP/1 framing guard, hyper-util auto server,
 //!   drain), the admin and redirect listeners, and `proxy::pipeline`, where every request runs
@@ -31,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 pub mod demo;
+pub mod identity;
 pub mod limit;
 pub mod payments;
 pub mod policy;

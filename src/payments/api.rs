@@ -29,7 +29,7 @@ use tracing::Instrument;
 use utoipa::{OpenApi, ToSchema};
 
 use super::audit::{AuditContext, AuditEvent, AuditRecord, SYSTEM_TENANT};
-use super::auth::{self, Principal, Role};
+use super::auth::{self, Caller};
 use super::errors::{invalid, ApiError, FieldError, Problem, REQUEST_ID};
 use super::metrics::Metrics;
 use super::store::{
@@ -37,6 +37,7 @@ use super::store::{
     Store, StoreError, StoredResponse, Transition, TransitionOutcome,
 };
 use super::{validation, webhook, Config};
+use crate::identity::Role;
 
 /// Shared state of the service: configuration, store, metrics.
 #[derive(Clone)]
@@ -305,7 +306,7 @@ fn parse_query<T>(
 }
 
 /// A caller whose access token verified and whose session is still active.
-pub struct Authed(pub Principal);
+pub struct Authed(pub Caller);
 
 impl FromRequestParts<AppState> for Authed {
     type Rejection = ApiError;
@@ -336,7 +337,7 @@ impl FromRequestParts<AppState> for Authed {
     }
 }
 
-fn require_role(p: &Principal, allowed: &[Role]) -> Result<(), ApiError> {
+fn require_role(p: &Caller, allowed: &[Role]) -> Result<(), ApiError> {
     if allowed.contains(&p.role) {
         Ok(())
     } else {
@@ -434,7 +435,7 @@ pub struct TokenResponse {
     pub refresh_expires_in: u64,
 }
 
-fn token_response(state: &AppState, p: &Principal, refresh_token: String) -> Response {
+fn token_response(state: &AppState, p: &Caller, refresh_token: String) -> Response {
     let cfg = state.config();
     let access = cfg
         .tokens
@@ -515,7 +516,7 @@ async fn login(
             metrics.auth_event("login_succeeded");
             let role = Role::parse(&user.role)
                 .ok_or_else(|| ApiError::Internal(StoreError::Corrupt("role".into())))?;
-            let principal = Principal {
+            let principal = Caller {
                 user_id: user.id,
                 tenant_id: user.tenant_id,
                 role,
@@ -627,7 +628,7 @@ async fn refresh(
             metrics.auth_event("refresh");
             let role = Role::parse(&role)
                 .ok_or_else(|| ApiError::Internal(StoreError::Corrupt("role".into())))?;
-            let principal = Principal {
+            let principal = Caller {
                 user_id,
                 tenant_id,
                 role,

@@ -12,38 +12,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, Header, Validation};
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::keys::SigningKeys;
-
-/// A user's role within their tenant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Admin,
-    Merchant,
-    Auditor,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Merchant => "merchant",
-            Role::Auditor => "auditor",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "admin" => Some(Role::Admin),
-            "merchant" => Some(Role::Merchant),
-            "auditor" => Some(Role::Auditor),
-            _ => None,
-        }
-    }
-}
+use crate::identity::{AccessClaims, Principal, Role};
 
 /// argon2id with the OWASP Password Storage Cheat Sheet minimum: m = 19 MiB, t = 2, p = 1.
 fn hasher() -> Argon2<'static> {
@@ -90,27 +62,30 @@ pub fn refresh_token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Claims of an access token. `sid` is the session (refresh-token family) id.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Claims {
-    pub iss: String,
-    pub aud: String,
-    pub sub: String,
-    pub tenant: String,
-    pub role: Role,
-    pub sid: String,
-    pub jti: String,
-    pub iat: i64,
-    pub exp: i64,
-}
-
-/// The verified caller of a protected route.
+/// The caller of a protected payments route: a verified [`Principal`] of this service's own
+/// issuer, narrowed to what the service requires of it (a tenant, one known role, a session).
 #[derive(Debug, Clone)]
-pub struct Principal {
+pub struct Caller {
     pub user_id: String,
     pub tenant_id: String,
     pub role: Role,
     pub session_id: String,
+}
+
+impl Caller {
+    /// `None` when the principal lacks a tenant, a session or exactly one known role: such a
+    /// principal did not come from this service's tokens.
+    pub fn from_principal(p: Principal) -> Option<Caller> {
+        let [role] = p.roles.as_slice() else {
+            return None;
+        };
+        Some(Caller {
+            role: Role::parse(role)?,
+            user_id: p.subject,
+            tenant_id: p.tenant?,
+            session_id: p.session?,
+        })
+    }
 }
 
 /// Issues and verifies access tokens with the configured keys.
@@ -126,6 +101,8 @@ pub struct TokenIssuer {
 pub enum TokenError {
     #[error("token has no kid or an unknown kid")]
     UnknownKey,
+    #[error("token claims do not describe a caller of this service")]
+    NotACaller,
     #[error("token rejected: {0}")]
     Rejected(#[from] jsonwebtoken::errors::Error),
 }
@@ -133,7 +110,7 @@ pub enum TokenError {
 impl TokenIssuer {
     pub fn issue(&self, user_id: &str, tenant_id: &str, role: Role, session_id: &str) -> String {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let claims = Claims {
+        let claims = AccessClaims {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             sub: user_id.to_string(),
@@ -151,7 +128,7 @@ impl TokenIssuer {
     }
 
     /// Check signature (by `kid`), algorithm, issuer, audience and expiry.
-    pub fn verify(&self, token: &str) -> Result<Principal, TokenError> {
+    pub fn verify(&self, token: &str) -> Result<Caller, TokenError> {
         let header = jsonwebtoken::decode_header(token)?;
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
         let key = self.keys.decoding_key(&kid).ok_or(TokenError::UnknownKey)?;
@@ -161,14 +138,8 @@ impl TokenIssuer {
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 30;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation)?;
-        let c = data.claims;
-        Ok(Principal {
-            user_id: c.sub,
-            tenant_id: c.tenant,
-            role: c.role,
-            session_id: c.sid,
-        })
+        let data = jsonwebtoken::decode::<AccessClaims>(token, key, &validation)?;
+        Caller::from_principal(data.claims.into_principal()).ok_or(TokenError::NotACaller)
     }
 }
 

@@ -173,7 +173,7 @@ pub async fn bootstrap(
         id: uuid::Uuid::new_v4().to_string(),
         tenant_id: tenant_id.clone(),
         email: email.clone(),
-        role: auth::Role::Admin.as_str().to_string(),
+        role: crate::identity::Role::Admin.as_str().to_string(),
         password_hash,
     };
     let ctx = AuditContext {
