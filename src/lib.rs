@@ -34,10 +34,12 @@
 
 pub mod demo;
 pub mod identity;
+pub mod keystore;
 pub mod limit;
 pub mod payments;
 pub mod policy;
 pub mod proxy;
+pub mod redis_link;
 pub mod settings;
 pub mod telemetry;
 pub mod tls;

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use ward::payments;
 use ward::policy::{self, PolicyStore};
 use ward::proxy::{self, Proxy};
+use ward::redis_link::RedisLink;
 use ward::settings::ProxySettings;
 use ward::telemetry::{self, Metrics};
 use ward::tls::{self, CertPaths, CertStore};
@@ -204,6 +205,16 @@ async fn run_proxy(s: ProxySettings) -> anyhow::Result<()> {
         })?),
         None => None,
     };
+    let redis = match s.redis_url.clone() {
+        Some(target) => {
+            tracing::info!(redis = %target, prefix = s.redis_prefix.as_str(), "shared state in Redis");
+            Some(Arc::new(
+                RedisLink::connect(target, &s.redis_prefix, metrics.redis.clone())
+                    .context("invalid --redis-url / WARD_REDIS_URL")?,
+            ))
+        }
+        None => None,
+    };
     proxy::run(
         Proxy {
             listener,
@@ -212,6 +223,7 @@ async fn run_proxy(s: ProxySettings) -> anyhow::Result<()> {
             policy: Arc::new(store),
             certs,
             metrics,
+            redis,
             drain_timeout: s.runtime.drain_timeout,
         },
         shutdown_signal(),
