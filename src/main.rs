@@ -44,6 +44,11 @@ enum Command {
     },
     /// Print the JSON Schema of the policy file.
     Schema,
+    /// API keys for machine clients: the proxy stores only their hashes.
+    Apikey {
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
     /// Run the bundled payments and audit service (default), or bootstrap its first tenant.
     #[command(args_conflicts_with_subcommands = true)]
     Payments {
@@ -62,6 +67,25 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApikeyCommand {
+    /// Make a new random key: prints the key once (give it to the client) and the entry for the
+    /// policy's API key file (which holds only its hash).
+    Generate {
+        /// Key id: what logs, metrics and limits name.
+        #[arg(long)]
+        id: String,
+        /// Tenant the key is bound to.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Roles of the key; repeatable.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// Read a key from standard input and print its stored form (`sha256:<hex>`).
+    Hash,
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +163,7 @@ fn main() -> ExitCode {
             println!("{}", policy::schema_json());
             Ok(())
         }
+        Command::Apikey { command } => apikey(command),
         command @ (Command::Payments { .. } | Command::Keys { .. } | Command::Audit { .. }) => {
             // The payments tools log JSON lines to stderr, keeping stdout for what they print
             // (bootstrap's one-time password, key file paths, verification results).
@@ -296,6 +321,7 @@ async fn run_payments(command: Command) -> anyhow::Result<()> {
         | Command::Demo(_)
         | Command::Check { .. }
         | Command::Explain { .. }
+        | Command::Apikey { .. }
         | Command::Schema => {
             unreachable!("only payments, keys and audit commands reach run_payments")
         }
@@ -330,6 +356,36 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         p.routes.len(),
         &p.hash[..12]
     );
+    Ok(())
+}
+
+fn apikey(command: ApikeyCommand) -> anyhow::Result<()> {
+    use ward::identity::apikey;
+    match command {
+        ApikeyCommand::Generate { id, tenant, roles } => {
+            let (key, hash) = apikey::generate();
+            println!("key (give it to the client; it is shown once and stored nowhere):");
+            println!("  {key}");
+            println!("entry for the API key file:");
+            println!("  - id: {id}");
+            println!("    hash: {hash}");
+            if let Some(t) = tenant {
+                println!("    tenant: {t}");
+            }
+            if !roles.is_empty() {
+                println!("    roles: [{}]", roles.join(", "));
+            }
+        }
+        ApikeyCommand::Hash => {
+            let mut key = String::new();
+            std::io::stdin()
+                .read_line(&mut key)
+                .context("read the key from standard input")?;
+            let key = key.trim();
+            anyhow::ensure!(!key.is_empty(), "no key on standard input");
+            println!("{}", apikey::hash_text(key));
+        }
+    }
     Ok(())
 }
 

@@ -728,10 +728,10 @@ impl Compiler {
             token_in_query: over.token_in_query.or(base.token_in_query).unwrap_or(false),
             mode: over.mode.or(base.mode).unwrap_or(Mode::Enforce),
         };
-        if rule.require == Requirement::None && rule.authorizes() {
+        if rule.require != Requirement::Required && rule.authorizes() {
             self.err(
                 field(pick(|a| a.require.is_some()), "require"),
-                "roles, scopes, claims or tenant rules need `require: required` (or optional)",
+                "roles, scopes, claims or tenant rules need `require: required` (an anonymous caller has none of them)",
             );
         }
         rule

@@ -259,19 +259,93 @@ pub fn explain(policy: &Policy, method: &Method, host: Option<&str>, path: &str)
             l.content_types.join(", ")
         }
     );
-    if r.rate_limits.is_empty() {
+    let a = &r.auth;
+    match a.require {
+        Requirement::None => {
+            let _ = writeln!(
+                out,
+                "auth: none (credentials not checked; identity headers stripped)"
+            );
+        }
+        req => {
+            let issuers: Vec<&str> = a.issuers.iter().map(|i| &*i.rules.name).collect();
+            let _ = writeln!(
+                out,
+                "auth: {} ({:?} mode): issuers [{}], API keys {}, token in query {}",
+                if req == Requirement::Required {
+                    "required"
+                } else {
+                    "optional"
+                },
+                a.mode,
+                issuers.join(", "),
+                if a.api_keys { "accepted" } else { "refused" },
+                if a.token_in_query {
+                    "accepted"
+                } else {
+                    "refused"
+                },
+            );
+            for is in &a.issuers {
+                let rules = &is.rules;
+                let keys = match &is.keys {
+                    KeySource::Jwks(src) => match &src.location {
+                        auth::JwksLocation::Url(u) => format!("JWKS {u}"),
+                        auth::JwksLocation::File(p) => format!("JWKS file {}", p.display()),
+                    },
+                    KeySource::Hmac(_) => "HMAC secret".to_owned(),
+                };
+                let _ = writeln!(
+                    out,
+                    "issuer {}: iss {}, aud [{}], alg [{}], leeway {}s, keys from {keys}",
+                    rules.name,
+                    rules.issuer,
+                    rules.audiences.join(", "),
+                    rules
+                        .algorithms
+                        .iter()
+                        .map(|a| format!("{a:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    rules.leeway,
+                );
+            }
+            if !a.roles.is_empty() {
+                let _ = writeln!(out, "authz: one of roles [{}]", a.roles.join(", "));
+            }
+            if !a.scopes.is_empty() {
+                let _ = writeln!(out, "authz: all of scopes [{}]", a.scopes.join(", "));
+            }
+            for c in &a.claims {
+                let _ = writeln!(out, "authz: claim {c:?}");
+            }
+            if let Some(t) = &a.tenant {
+                let _ = writeln!(out, "authz: caller's tenant must equal {t:?}");
+            }
+        }
+    }
+    if r.rate_limits.is_empty() && r.identity_rate_limits.is_empty() {
         let _ = writeln!(out, "rate limits: none (exempt)");
     }
-    for rl in &r.rate_limits {
-        let _ = writeln!(
-            out,
-            "rate limit {}: {} per {} by {:?} ({:?})",
-            rl.name,
-            rl.limit,
-            humantime::format_duration(rl.period),
-            rl.key,
-            rl.mode
-        );
+    for (when, list) in [
+        ("before auth", &r.rate_limits),
+        ("after auth", &r.identity_rate_limits),
+    ] {
+        for rl in list {
+            let fallback = match rl.fallback {
+                Fallback::Local { share } => format!("local at {share} of the limit"),
+                Fallback::Deny => "deny (503)".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "rate limit {} ({when}): {} per {} by {:?} ({:?}); if Redis is down: {fallback}",
+                rl.name,
+                rl.limit,
+                humantime::format_duration(rl.period),
+                rl.key,
+                rl.mode
+            );
+        }
     }
     for (n, v) in &r.response_headers.set {
         let _ = writeln!(
