@@ -338,7 +338,7 @@ pub fn explain(policy: &Policy, method: &Method, host: Option<&str>, path: &str)
             };
             let _ = writeln!(
                 out,
-                "rate limit {} ({when}): {} per {} by {:?} ({:?}); if Redis is down: {fallback}",
+                "rate limit {}: {} per {} by {:?} ({:?}), counted {when}; if Redis is down: {fallback}",
                 rl.name,
                 rl.limit,
                 humantime::format_duration(rl.period),
