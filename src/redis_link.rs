@@ -205,7 +205,13 @@ impl RedisLink {
         let probing = match self.breaker.admit() {
             Admit::Closed => false,
             Admit::Probe => true,
-            Admit::Open => return Err(RedisFault::BreakerOpen),
+            Admit::Open => {
+                self.metrics
+                    .errors
+                    .with_label_values(&[op, "breaker_open"])
+                    .inc();
+                return Err(RedisFault::BreakerOpen);
+            }
         };
         let started = Instant::now();
         let result = tokio::time::timeout(tuning.timeout, self.eval_once(script, keys, args)).await;
@@ -273,7 +279,8 @@ impl RedisLink {
                 (*c).clone().req_packed_command(cmd).await?
             }
         };
-        Ok(redis::from_redis_value(value)?)
+        // A server error (NOSCRIPT, a script error) arrives as a value; make it an error.
+        Ok(redis::from_redis_value(value.extract_error()?)?)
     }
 }
 

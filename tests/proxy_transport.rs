@@ -125,6 +125,7 @@ async fn shutdown_drains_in_flight_requests_and_turns_readiness_off() {
         Options {
             redirect: false,
             drain_timeout: Duration::from_secs(10),
+            ..Options::default()
         },
     )
     .await;

@@ -3,6 +3,9 @@
 //! clients that trust only the test CA. Nothing here stands in for ward's own code.
 #![allow(dead_code)]
 
+pub mod redis_servers;
+pub mod tokens;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -182,6 +185,8 @@ pub fn render(template: &str, upstream: SocketAddr) -> String {
 pub struct Options {
     pub redirect: bool,
     pub drain_timeout: Duration,
+    /// `--redis-url` and `--redis-prefix`: shared limits in that Redis.
+    pub redis: Option<(String, String)>,
 }
 
 impl Default for Options {
@@ -189,6 +194,7 @@ impl Default for Options {
         Options {
             redirect: false,
             drain_timeout: Duration::from_secs(10),
+            redis: None,
         }
     }
 }
@@ -239,6 +245,17 @@ pub async fn start_in(
     let admin_addr = admin.local_addr().unwrap();
     let redirect_addr = redirect.as_ref().map(|l| l.local_addr().unwrap());
     let (tx, rx) = oneshot::channel::<()>();
+    let metrics = Metrics::new();
+    let redis = opts.redis.as_ref().map(|(url, prefix)| {
+        Arc::new(
+            ward::redis_link::RedisLink::connect(
+                url.parse().unwrap(),
+                prefix,
+                metrics.redis.clone(),
+            )
+            .unwrap(),
+        )
+    });
     let task = tokio::spawn(async move {
         proxy::run(
             Proxy {
@@ -247,8 +264,8 @@ pub async fn start_in(
                 redirect,
                 policy: store,
                 certs,
-                metrics: Metrics::new(),
-                redis: None,
+                metrics,
+                redis,
                 drain_timeout: opts.drain_timeout,
             },
             async {
@@ -311,6 +328,18 @@ impl Running {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// The value of one Prometheus sample on the admin port (0 when absent), e.g.
+    /// `ward_token_cache_lookups_total{result="hit"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let (_, text) = self.admin_get("/metrics").await;
+        text.lines()
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == sample).then(|| value.parse().unwrap())
+            })
+            .unwrap_or(0.0)
     }
 
     pub async fn admin_get(&self, path: &str) -> (u16, String) {

@@ -1,0 +1,236 @@
+//! Shared rate limits in Redis, over real TLS to real proxies: two replicas share one count on
+//! the machine's Redis and on a three-master Redis Cluster this test starts; an outage (Redis
+//! killed, hung, or answering garbage) follows each limit's policy, and recovery is automatic.
+
+mod support;
+
+use std::time::Duration;
+
+use support::redis_servers::{RedisCluster, RedisServer};
+use support::{eventually, start_with, Options, Running};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const SHARED: &str = r#"
+version: 1
+upstream: { url: UPSTREAM, idle_timeout: 2s, request_timeout: 5s }
+server:
+  redis: { timeout: 200ms, breaker_failures: 3, breaker_cooldown: 2s }
+defaults:
+  rate_limits: []
+routes:
+  - name: limited
+    match: { path: { prefix: /limited } }
+    rate_limits: [{ name: shared, key: ip, limit: 10, period: 1h }]
+  - name: local
+    match: { path: { prefix: /local } }
+    rate_limits: [{ name: local_fallback, key: ip, limit: 4, period: 1h, on_redis_error: local, local_share: 0.5 }]
+  - name: roomy
+    match: { path: { prefix: /roomy } }
+    rate_limits: [{ name: roomy, key: ip, limit: 1000, period: 1h }]
+  - name: deny
+    match: { path: { prefix: /deny } }
+    rate_limits: [{ name: deny_fallback, key: ip, limit: 1000, period: 1h, on_redis_error: deny }]
+"#;
+
+fn prefix() -> String {
+    format!("ward-test-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn replica(redis_url: &str, prefix: &str) -> Running {
+    start_with(
+        SHARED,
+        Options {
+            redis: Some((redis_url.to_owned(), prefix.to_owned())),
+            ..Options::default()
+        },
+    )
+    .await
+}
+
+/// Alternates `n` requests between the replicas; returns how many were admitted.
+async fn admitted(replicas: &[&Running], path: &str, n: usize) -> usize {
+    let mut ok = 0;
+    for i in 0..n {
+        let r = replicas[i % replicas.len()];
+        let resp = r.client(i % 2 == 0).get(r.url(path)).send().await.unwrap();
+        match resp.status().as_u16() {
+            200 => ok += 1,
+            429 => assert!(resp.headers().contains_key("retry-after")),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    ok
+}
+
+async fn redis_cli(args: &[&str]) -> String {
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379"])
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_limit_of_n_across_two_replicas_admits_exactly_n_on_a_single_redis() {
+    let prefix = prefix();
+    let a = replica("redis://127.0.0.1:6379", &prefix).await;
+    let b = replica("redis://127.0.0.1:6379", &prefix).await;
+    assert_eq!(admitted(&[&a, &b], "/limited", 16).await, 10);
+    // The count lives in Redis under this deployment's prefix, as a Cluster hash-tagged key.
+    let keys = redis_cli(&["--scan", "--pattern", &format!("{prefix}:*")]).await;
+    let keys: Vec<&str> = keys.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(keys, [format!("{prefix}:rl:{{shared|ip|127.0.0.1}}")]);
+    let ttl: i64 = redis_cli(&["pttl", keys[0]]).await.trim().parse().unwrap();
+    assert!(ttl > 0, "the key expires (pttl {ttl})");
+    // Both replicas tell the client the same, shared state.
+    let resp = a.client(false).get(a.url("/limited")).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["ratelimit-policy"], "\"shared\";q=10;w=3600");
+    assert_eq!(resp.headers()["x-ratelimit-remaining"], "0");
+    redis_cli(&["del", keys[0]]).await;
+}
+
+#[tokio::test]
+async fn a_limit_of_n_across_two_replicas_admits_exactly_n_on_a_redis_cluster() {
+    let cluster = RedisCluster::start(3).await;
+    let prefix = prefix();
+    let a = replica(&cluster.url(), &prefix).await;
+    let b = replica(&cluster.url(), &prefix).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            a.metric("ward_redis_up").await == 1.0 || {
+                // The first calls may race the cluster connection; they fall back locally.
+                let _ = a.client(false).get(a.url("/deny")).send().await;
+                false
+            }
+        })
+        .await,
+        "the replica reaches the cluster"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let _ = b.client(false).get(b.url("/deny")).send().await;
+            b.metric("ward_redis_up").await == 1.0
+        })
+        .await
+    );
+    assert_eq!(admitted(&[&a, &b], "/limited", 16).await, 10);
+    let keys = cluster.keys(&format!("{prefix}:rl:*")).await;
+    assert!(
+        keys.contains(&format!("{prefix}:rl:{{shared|ip|127.0.0.1}}")),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_redis_falls_back_per_limit_and_recovery_is_automatic() {
+    let mut redis = RedisServer::start().await;
+    let p = replica(&redis.url(), &prefix()).await;
+    assert_eq!(p.status(false, "/deny/x").await, 200);
+    assert_eq!(p.metric("ward_redis_up").await, 1.0);
+
+    redis.stop().await;
+    // on_redis_error: deny answers 503 with Retry-After and never reaches the upstream.
+    let before = p.upstream.count();
+    let resp = p.client(false).get(p.url("/deny/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["type"], "urn:ward:problem:rate-limit-unavailable");
+    assert_eq!(p.upstream.count(), before);
+    // on_redis_error: local counts on this replica alone, against half of its limit of 4.
+    assert_eq!(admitted(&[&p], "/local", 4).await, 2);
+    assert!(
+        p.metric(r#"ward_rate_limit_fallbacks_total{limit="local_fallback"}"#)
+            .await
+            >= 4.0
+    );
+    // After three failures the breaker is open: no call is even tried.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let _ = p.client(false).get(p.url("/deny/x")).send().await;
+            p.metric("ward_redis_breaker_open").await == 1.0
+        })
+        .await
+    );
+    let skipped = p
+        .metric(r#"ward_redis_errors_total{kind="breaker_open",op="rate_limit"}"#)
+        .await;
+    let _ = p.client(false).get(p.url("/deny/x")).send().await;
+    assert!(
+        p.metric(r#"ward_redis_errors_total{kind="breaker_open",op="rate_limit"}"#)
+            .await
+            > skipped
+    );
+
+    // Redis returns: after the cooldown a probe succeeds and the limits are shared again.
+    redis.restart().await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            p.status(false, "/deny/x").await == 200
+        })
+        .await,
+        "recovered"
+    );
+    assert_eq!(p.metric("ward_redis_up").await, 1.0);
+    assert_eq!(p.metric("ward_redis_breaker_open").await, 0.0);
+}
+
+#[tokio::test]
+async fn a_hung_redis_costs_at_most_the_timeout_then_the_breaker_skips_it() {
+    let redis = RedisServer::start().await;
+    let p = replica(&redis.url(), &prefix()).await;
+    assert_eq!(p.status(false, "/roomy/x").await, 200);
+    redis.pause().await;
+    // Every answer still comes (local fallback); the calls that wait end at the 200ms deadline.
+    for _ in 0..6 {
+        assert_eq!(p.status(false, "/roomy/x").await, 200);
+    }
+    let timeouts = p
+        .metric(r#"ward_redis_errors_total{kind="timeout",op="rate_limit"}"#)
+        .await;
+    assert_eq!(
+        timeouts, 3.0,
+        "three timeouts open the breaker; then no call waits"
+    );
+    assert_eq!(p.metric("ward_redis_breaker_open").await, 1.0);
+    redis.resume().await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let _ = p.client(false).get(p.url("/deny/x")).send().await;
+            p.metric("ward_redis_breaker_open").await == 0.0
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn a_redis_that_answers_garbage_is_an_outage() {
+    // A TCP server that answers every command with something that is not RESP.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 || tcp.write_all(b"?? garbage ??\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let p = replica(&format!("redis://127.0.0.1:{port}"), &prefix()).await;
+    assert_eq!(p.status(false, "/local/x").await, 200);
+    let resp = p.client(false).get(p.url("/deny/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(
+        p.metric(r#"ward_rate_limit_fallbacks_total{limit="local_fallback"}"#)
+            .await
+            >= 1.0
+    );
+    assert_eq!(p.metric("ward_redis_up").await, 0.0);
+}
