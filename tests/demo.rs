@@ -91,6 +91,55 @@ async fn demo_runs_the_walkthrough_through_the_proxy() {
     let payment: Value = created.json().await.unwrap();
     assert_eq!(payment["payer_account"], "****3000");
 
+    // A forged token (the valid one with another subject, its signature kept) and an unsigned
+    // one are refused by the proxy itself: ward's problem type, and counted at the edge.
+    let mut parts: Vec<String> = access.split('.').map(str::to_owned).collect();
+    let mut claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &parts[1])
+            .unwrap(),
+    )
+    .unwrap();
+    claims["role"] = "admin".into();
+    claims["sub"] = "someone-else".into();
+    parts[1] = base64::Engine::encode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        claims.to_string(),
+    );
+    let forged = parts.join(".");
+    let unsigned = format!(
+        "{}.{}.",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            r#"{"alg":"none","typ":"JWT"}"#
+        ),
+        parts[1]
+    );
+    for token in [&forged, &unsigned] {
+        let refused = c
+            .get(format!("{base}/v1/payments"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401);
+        assert!(refused.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("invalid_token"));
+        let problem: Value = refused.json().await.unwrap();
+        assert_eq!(problem["type"], "urn:ward:problem:invalid-credentials");
+    }
+    let metrics = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"ward_auth_decisions_total{reason="unauthorized:bad_signature",result="deny",route="payments"} 1"#),
+        "{metrics}"
+    );
+
     let list: Value = c
         .get(format!("{base}/v1/payments?status=pending"))
         .bearer_auth(&access)
