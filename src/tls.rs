@@ -40,6 +40,8 @@ pub enum TlsError {
     },
     #[error("cannot build the TLS configuration: {0}")]
     Config(#[source] rustls::Error),
+    #[error("cannot read the certificate's validity: {0}")]
+    Validity(#[source] yasna::ASN1Error),
 }
 
 pub fn provider() -> Arc<CryptoProvider> {
@@ -137,6 +139,15 @@ impl CertStore {
         self.current.store(Arc::new(key));
         Ok(true)
     }
+
+    /// The `notAfter` of the certificate serving now, as unix seconds.
+    pub fn not_after(&self) -> Result<i64, TlsError> {
+        let current = self.current.load();
+        let leaf = current
+            .end_entity_cert()
+            .map_err(|_| TlsError::NoCertificate(PathBuf::from("<current>")))?;
+        not_after(leaf)
+    }
 }
 
 impl ResolvesServerCert for CertStore {
@@ -166,4 +177,67 @@ pub fn self_signed() -> (String, String) {
         .self_signed(&key)
         .expect("self-signing with a fresh key cannot fail");
     (cert.pem(), key.serialize_pem())
+}
+
+/// The serving certificate's `notAfter` as unix seconds, read from the leaf (first) certificate.
+pub fn not_after(cert: &CertificateDer<'_>) -> Result<i64, TlsError> {
+    read_not_after(cert.as_ref())
+        .map(|t| t.unix_timestamp())
+        .map_err(TlsError::Validity)
+}
+
+/// Walks the DER of an X.509 certificate (RFC 5280 §4.1) to `tbsCertificate.validity.notAfter`;
+/// everything else is skipped unread.
+fn read_not_after(der: &[u8]) -> Result<time::OffsetDateTime, yasna::ASN1Error> {
+    yasna::parse_der(der, |r| {
+        r.read_sequence(|cert| {
+            let not_after = cert.next().read_sequence(|tbs| {
+                // version [0] EXPLICIT, absent in v1 certificates
+                tbs.read_optional(|r| r.read_tagged(yasna::Tag::context(0), |r| r.read_i64()))?;
+                tbs.next().read_der()?; // serialNumber
+                tbs.next().read_der()?; // signature
+                tbs.next().read_der()?; // issuer
+                let not_after = tbs.next().read_sequence(|validity| {
+                    validity.next().read_der()?; // notBefore
+                    let r = validity.next();
+                    // UTCTime through 2049, GeneralizedTime from 2050 on (RFC 5280 §4.1.2.5)
+                    if r.lookahead_tag()? == yasna::tags::TAG_UTCTIME {
+                        Ok(*r.read_utctime()?.datetime())
+                    } else {
+                        Ok(*r.read_generalized_time()?.datetime())
+                    }
+                })?;
+                // subject, subjectPublicKeyInfo, unique ids, extensions
+                while tbs.read_optional(|r| r.read_der())?.is_some() {}
+                Ok(not_after)
+            })?;
+            cert.next().read_der()?; // signatureAlgorithm
+            cert.next().read_der()?; // signatureValue
+            Ok(not_after)
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_after_reads_utctime_and_generalized_time() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        for (y, m, d) in [
+            (2031, time::Month::June, 1),
+            (2051, time::Month::January, 2),
+        ] {
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            let at = time::Date::from_calendar_date(y, m, d)
+                .unwrap()
+                .midnight()
+                .assume_utc();
+            params.not_after = at;
+            let cert = params.self_signed(&key).unwrap();
+            assert_eq!(not_after(cert.der()).unwrap(), at.unix_timestamp());
+        }
+        assert!(not_after(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01])).is_err());
+    }
 }
