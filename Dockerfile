@@ -36,6 +36,7 @@ USER 65532:65532
 WORKDIR /tmp
 EXPOSE 8443 9901
 # Through the binary itself: GET /healthz on the admin port (WARD_ADMIN_LISTEN, else 127.0.0.1:9901).
+# For `ward payments` in Docker, set -e WARD_ADMIN_LISTEN=127.0.0.1:8081 so it probes the service's port.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
   CMD ["/usr/local/bin/ward", "health"]
 ENTRYPOINT ["/usr/local/bin/ward"]
