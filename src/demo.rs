@@ -138,6 +138,7 @@ pub async fn run(
             policy: store,
             certs,
             metrics,
+            redis: None,
             drain_timeout: settings.runtime.drain_timeout,
         },
         shutdown,

@@ -28,7 +28,10 @@
 //! - [`telemetry`]: JSON logs and the Prometheus metric handles.
 //! - [`payments`]: `ward payments`, the bundled upstream: token issuing with rotation, payments
 //!   with validation and idempotency, the tenant-scoped tamper-evident audit trail, on SQLite or
-//!   PostgreSQL. It never imports `proxy`, and `proxy` never imports it.
+//!   PostgreSQL. `payments::api` is the router, the per-request shell and one file per resource;
+//!   `payments::domain` the rules free of HTTP and SQL (the payment state machine, lockout);
+//!   `payments::store` typed rows over SQL written once for both engines; `payments::audit` the
+//!   audit actions and hash chains. It never imports `proxy`, and `proxy` never imports it.
 //! - [`demo`]: `ward demo`, the whole thing on a fresh machine with embedded defaults.
 //! - [`health`]: `ward health`, the container probe: one GET to the admin port with a deadline.
 
@@ -37,10 +40,12 @@
 pub mod demo;
 pub mod health;
 pub mod identity;
+pub mod keystore;
 pub mod limit;
 pub mod payments;
 pub mod policy;
 pub mod proxy;
+pub mod redis_link;
 pub mod settings;
 pub mod telemetry;
 pub mod tls;

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use ward::payments;
 use ward::policy::{self, PolicyStore};
 use ward::proxy::{self, Proxy};
+use ward::redis_link::RedisLink;
 use ward::settings::ProxySettings;
 use ward::telemetry::{self, Metrics};
 use ward::tls::{self, CertPaths, CertStore};
@@ -43,6 +44,11 @@ enum Command {
     },
     /// Print the JSON Schema of the policy file.
     Schema,
+    /// API keys for machine clients: the proxy stores only their hashes.
+    Apikey {
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
     /// Run the bundled payments and audit service (default), or bootstrap its first tenant.
     #[command(args_conflicts_with_subcommands = true)]
     Payments {
@@ -82,6 +88,25 @@ enum CertsCommand {
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApikeyCommand {
+    /// Make a new random key: prints the key once (give it to the client) and the entry for the
+    /// policy's API key file (which holds only its hash).
+    Generate {
+        /// Key id: what logs, metrics and limits name.
+        #[arg(long)]
+        id: String,
+        /// Tenant the key is bound to.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Roles of the key; repeatable.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    /// Read a key from standard input and print its stored form (`sha256:<hex>`).
+    Hash,
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +184,7 @@ fn main() -> ExitCode {
             println!("{}", policy::schema_json());
             Ok(())
         }
+        Command::Apikey { command } => apikey(command),
         Command::Health(args) => runtime(Some(1)).and_then(|rt| {
             let status = rt.block_on(ward::health::probe(&args))?;
             println!("{status}");
@@ -233,6 +259,16 @@ async fn run_proxy(s: ProxySettings) -> anyhow::Result<()> {
         })?),
         None => None,
     };
+    let redis = match s.redis_url.clone() {
+        Some(target) => {
+            tracing::info!(redis = %target, prefix = s.redis_prefix.as_str(), "shared state in Redis");
+            Some(Arc::new(
+                RedisLink::connect(target, &s.redis_prefix, metrics.redis.clone())
+                    .context("invalid --redis-url / WARD_REDIS_URL")?,
+            ))
+        }
+        None => None,
+    };
     proxy::run(
         Proxy {
             listener,
@@ -241,6 +277,7 @@ async fn run_proxy(s: ProxySettings) -> anyhow::Result<()> {
             policy: Arc::new(store),
             certs,
             metrics,
+            redis,
             drain_timeout: s.runtime.drain_timeout,
         },
         shutdown_signal(),
@@ -313,6 +350,7 @@ async fn run_payments(command: Command) -> anyhow::Result<()> {
         | Command::Demo(_)
         | Command::Check { .. }
         | Command::Explain { .. }
+        | Command::Apikey { .. }
         | Command::Schema
         | Command::Health(_)
         | Command::Certs { .. } => {
@@ -376,6 +414,36 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         p.routes.len(),
         &p.hash[..12]
     );
+    Ok(())
+}
+
+fn apikey(command: ApikeyCommand) -> anyhow::Result<()> {
+    use ward::identity::apikey;
+    match command {
+        ApikeyCommand::Generate { id, tenant, roles } => {
+            let (key, hash) = apikey::generate();
+            println!("key (give it to the client; it is shown once and stored nowhere):");
+            println!("  {key}");
+            println!("entry for the API key file:");
+            println!("  - id: {id}");
+            println!("    hash: {hash}");
+            if let Some(t) = tenant {
+                println!("    tenant: {t}");
+            }
+            if !roles.is_empty() {
+                println!("    roles: [{}]", roles.join(", "));
+            }
+        }
+        ApikeyCommand::Hash => {
+            let mut key = String::new();
+            std::io::stdin()
+                .read_line(&mut key)
+                .context("read the key from standard input")?;
+            let key = key.trim();
+            anyhow::ensure!(!key.is_empty(), "no key on standard input");
+            println!("{}", apikey::hash_text(key));
+        }
+    }
     Ok(())
 }
 

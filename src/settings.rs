@@ -28,6 +28,13 @@ pub struct ProxySettings {
     /// Policy file, or directory of *.yaml policy files; reloaded live.
     #[arg(long, env = "WARD_POLICY", default_value = "policies/default.yaml")]
     pub policy: PathBuf,
+    /// Redis for state shared by every replica (rate limits): redis://, rediss:// (TLS), or a
+    /// Cluster as redis+cluster://host:port,host:port. Without it, limits are kept in memory.
+    #[arg(long, env = "WARD_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<crate::redis_link::RedisTarget>,
+    /// Prefix of every Redis key, one per deployment sharing a Redis.
+    #[arg(long, env = "WARD_REDIS_PREFIX", default_value = "ward")]
+    pub redis_prefix: String,
     #[command(flatten)]
     pub runtime: RuntimeSettings,
 }

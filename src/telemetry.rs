@@ -151,6 +151,12 @@ pub struct Metrics {
     pub rate_limit_keys_evicted: IntCounter,
     pub framing_rejections: IntCounterVec,
     pub log_lines_dropped: IntCounter,
+    pub auth_decisions: IntCounterVec,
+    pub token_cache_lookups: IntCounterVec,
+    pub token_cache_entries: IntGauge,
+    pub rate_limit_fallbacks: IntCounterVec,
+    pub jwks: crate::keystore::KeyMetrics,
+    pub redis: crate::redis_link::RedisMetrics,
 }
 
 impl Default for Metrics {
@@ -277,7 +283,92 @@ impl Metrics {
         registry
             .register(Box::new(log_lines_dropped.clone()))
             .expect("registered once");
+        let auth_decisions = counter(
+            "ward_auth_decisions_total",
+            "Authentication and authorization decisions by route, result (allow, deny, shadow) and reason.",
+            &["route", "result", "reason"],
+        );
+        let token_cache_lookups = counter(
+            "ward_token_cache_lookups_total",
+            "Verified-token cache lookups by result: hit, miss.",
+            &["result"],
+        );
+        let rate_limit_fallbacks = counter(
+            "ward_rate_limit_fallbacks_total",
+            "Rate-limit decisions made on this replica alone because Redis was unavailable, by limit.",
+            &["limit"],
+        );
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid gauge");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+        let token_cache_entries = gauge(
+            "ward_token_cache_entries",
+            "Verified tokens held in the cache now.",
+        );
+        let jwks = crate::keystore::KeyMetrics {
+            refreshes: counter(
+                "ward_jwks_refreshes_total",
+                "JWKS loads by issuer and result: ok, error.",
+                &["issuer", "result"],
+            ),
+            keys: gauge_vec(
+                "ward_jwks_keys",
+                "Keys in the issuer's live key set.",
+                &["issuer"],
+            ),
+            loaded_at: gauge_vec(
+                "ward_jwks_loaded_timestamp_seconds",
+                "Unix time of the issuer's last successful key load (age: time() minus this).",
+                &["issuer"],
+            ),
+        };
+        let redis_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "ward_redis_call_duration_seconds",
+                "Time of Redis calls, answered or not.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            ]),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(redis_latency.clone()))
+            .expect("registered once");
+        let redis = crate::redis_link::RedisMetrics {
+            up: gauge(
+                "ward_redis_up",
+                "1 when the last Redis call succeeded, 0 when it failed (or no call yet).",
+            ),
+            breaker_open: gauge(
+                "ward_redis_breaker_open",
+                "1 while the Redis circuit breaker is open (no Redis calls are made).",
+            ),
+            errors: counter(
+                "ward_redis_errors_total",
+                "Redis calls that gave no answer, by operation and kind: timeout, error, not_connected, breaker_open.",
+                &["op", "kind"],
+            ),
+            latency: redis_latency,
+        };
         Metrics {
+            auth_decisions,
+            token_cache_lookups,
+            token_cache_entries,
+            rate_limit_fallbacks,
+            jwks,
+            redis,
             log_lines_dropped,
             registry,
             requests,
@@ -323,4 +414,11 @@ impl Metrics {
     pub fn upstream_timer(&self, route: &str) -> Histogram {
         self.upstream_duration.with_label_values(&[route])
     }
+}
+
+/// RFC 3339 in UTC, for logs and the admin port.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use payments_support::{assert_problem, new_key, payment_body, Kind, Service};
 use reqwest::StatusCode;
 use serde_json::json;
+use ward::payments::store::{PaymentFilter, StoreError};
 
 async fn payments_and_audit_of_another_tenant_are_invisible(kind: Kind) {
     let svc = Service::start(kind).await;
@@ -167,6 +168,75 @@ async fn status_changes_follow_the_state_machine(kind: Kind) {
     );
 }
 both_stores!(status_changes_follow_the_state_machine);
+
+async fn an_unknown_status_in_the_database_is_an_error_not_pending(kind: Kind) {
+    let svc = Service::start(kind).await;
+    let acme = svc.new_tenant("acme").await;
+    let t = svc.login(&acme).await.access;
+    let id = svc
+        .create_payment(&t, &new_key(), payment_body("5.00"))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let changed = svc
+        .db
+        .write_unchecked("payments", "status", "bogus", &format!("id = '{id}'"))
+        .await;
+    assert_eq!(changed, 1);
+
+    // The store names the column and the value instead of reading it as some status.
+    let store = svc.store().await;
+    let err = store.payment(&acme.tenant_id, &id).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { column: "payments.status", value } if value == "bogus"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        r#"stored data is inconsistent: payments.status holds "bogus""#
+    );
+    let listed = store
+        .list_payments(
+            &acme.tenant_id,
+            &PaymentFilter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(
+        matches!(
+            &listed,
+            Err(StoreError::Corrupt {
+                column: "payments.status",
+                ..
+            })
+        ),
+        "{listed:?}"
+    );
+    store.close().await;
+
+    // Over HTTP: a 500, never a payment shown as pending, and no move away from a status nobody knows.
+    let r = svc.get(&format!("/v1/payments/{id}"), Some(&t)).await;
+    assert_problem(&r, 500);
+    assert_eq!(r.body["type"], "urn:ward:problem:internal");
+    assert_problem(&svc.get("/v1/payments", Some(&t)).await, 500);
+    assert_problem(
+        &svc.post(&format!("/v1/payments/{id}/cancel"), Some(&t), json!({}))
+            .await,
+        500,
+    );
+    let still = svc
+        .db
+        .raw_count(&format!(
+            "SELECT COUNT(*) FROM payments WHERE id = '{id}' AND status = 'bogus'"
+        ))
+        .await;
+    assert_eq!(still, 1, "the cancel changed nothing");
+}
+both_stores!(an_unknown_status_in_the_database_is_an_error_not_pending);
 
 async fn the_payer_account_is_encrypted_at_rest_and_shown_masked(kind: Kind) {
     let svc = Service::start(kind).await;

@@ -5,6 +5,7 @@ mod payments_support;
 use payments_support::{assert_problem, tokens, Kind, Service};
 use reqwest::StatusCode;
 use serde_json::json;
+use ward::payments::store::StoreError;
 
 async fn refresh_rotates_and_reuse_revokes_the_family(kind: Kind) {
     let svc = Service::start(kind).await;
@@ -257,6 +258,77 @@ async fn unknown_user_and_wrong_password_get_the_same_answer(kind: Kind) {
     }
 }
 both_stores!(unknown_user_and_wrong_password_get_the_same_answer);
+
+async fn an_unknown_role_in_the_database_is_an_error_and_signs_nobody_in(kind: Kind) {
+    let svc = Service::start(kind).await;
+    let admin = svc.new_tenant("acme").await;
+    let before = svc.login(&admin).await;
+    let changed = svc
+        .db
+        .write_unchecked(
+            "users",
+            "role",
+            "root",
+            &format!("tenant_id = '{}'", admin.tenant_id),
+        )
+        .await;
+    assert_eq!(changed, 1);
+
+    // The store names the column and the value instead of guessing a role.
+    let store = svc.store().await;
+    let err = store
+        .user_for_login(&admin.tenant_id, &admin.email)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Corrupt { column: "users.role", value } if value == "root"),
+        "{err:?}"
+    );
+    store.close().await;
+
+    // Login and refresh fail before they write anything: no new session, no spent refresh
+    // token, no `auth.login_succeeded` or `auth.refresh` record.
+    assert_problem(
+        &svc.try_login(&admin.tenant, &admin.email, &admin.password)
+            .await,
+        500,
+    );
+    assert_problem(
+        &svc.post(
+            "/v1/auth/refresh",
+            None,
+            json!({ "refresh_token": before.refresh }),
+        )
+        .await,
+        500,
+    );
+    let tenant = &admin.tenant_id;
+    assert_eq!(
+        svc.db
+            .raw_count(&format!(
+                "SELECT COUNT(*) FROM sessions WHERE tenant_id = '{tenant}'"
+            ))
+            .await,
+        1,
+        "only the session from before"
+    );
+    assert_eq!(
+        svc.db.raw_count(&format!(
+            "SELECT COUNT(*) FROM refresh_tokens WHERE tenant_id = '{tenant}' AND used_at IS NOT NULL"
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        svc.db.raw_count(&format!(
+            "SELECT COUNT(*) FROM audit_log WHERE tenant_id = '{tenant}' AND action IN ('auth.login_succeeded', 'auth.refresh')"
+        ))
+        .await,
+        1,
+        "only the login from before"
+    );
+}
+both_stores!(an_unknown_role_in_the_database_is_an_error_and_signs_nobody_in);
 
 async fn access_tokens_carry_the_claims_and_verify_with_the_published_jwks(kind: Kind) {
     use base64::Engine;

@@ -1,9 +1,15 @@
 //! The token vocabulary both services speak: who a verified caller is ([`Principal`]), how they
 //! proved it ([`AuthMethod`]), the roles of the bundled payments service ([`Role`]) and the claims
-//! its access tokens carry ([`AccessClaims`]).
+//! its access tokens carry ([`AccessClaims`]); plus the pure verification the proxy applies to any
+//! issuer's tokens: [`keyset`] (a strictly parsed JWKS or HMAC secret) and [`jwt`] (the compact
+//! JWS checks), and [`apikey`] (static keys stored as hashes).
 //!
 //! `proxy` and `payments` both use this module and never import each other. It holds data and
-//! pure functions only: no I/O, no HTTP.
+//! pure functions only: no I/O, no HTTP, no clock.
+
+pub mod apikey;
+pub mod jwt;
+pub mod keyset;
 
 use std::sync::Arc;
 
@@ -76,6 +82,7 @@ impl AccessClaims {
             method: AuthMethod::Jwt {
                 issuer: Arc::from(self.iss.as_str()),
             },
+            claims: Arc::default(),
         }
     }
 }
@@ -118,6 +125,8 @@ pub struct Principal {
     /// Unix seconds; `None` only for API keys.
     pub expires_at: Option<i64>,
     pub method: AuthMethod,
+    /// Every claim of the token, for claim rules (empty for API keys and the payments service).
+    pub claims: Arc<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Principal {

@@ -1,14 +1,24 @@
-//! Rate limiting: GCRA (the generic cell rate algorithm) behind one interface, so the Redis
-//! backend can slot in beside the memory one. A limit of `limit` per `period` admits `limit`
-//! requests at once and then one every `period / limit`: no window-boundary bursts.
+//! Rate limiting: GCRA (the generic cell rate algorithm) behind one interface with two backends:
+//! memory (one replica, the demo) and Redis (several replicas share every count). A limit of
+//! `limit` per `period` admits `limit` requests at once and then one every `period / limit`: no
+//! window-boundary bursts. The same arithmetic runs in both backends (in Rust for memory, in one
+//! Lua script for Redis).
+//!
+//! A check can fail (Redis down or slow); each limit's [`Fallback`] then decides: count on this
+//! replica alone against a share of the limit, or refuse.
 //!
 //! This module knows nothing of HTTP; the proxy builds keys and turns decisions into headers.
 
 pub mod memory;
+pub mod redis;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use memory::MemoryLimiter;
+pub use redis::RedisLimiter;
+
+use crate::policy::RedisTuning;
 
 /// The numbers a GCRA check needs.
 #[derive(Debug, Clone, Copy)]
@@ -36,17 +46,68 @@ pub struct Decision {
     pub retry_after: Duration,
 }
 
+/// What a shared limit does while its backend is unavailable.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fallback {
+    /// Count on this replica alone, against `share` of the limit.
+    Local { share: f64 },
+    /// Refuse (the proxy answers 503 with Retry-After).
+    Deny,
+}
+
+/// Which backend made a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Memory,
+    Redis,
+    /// Redis was unavailable; this replica decided alone.
+    LocalFallback,
+}
+
+/// A decision and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checked {
+    pub decision: Decision,
+    pub source: Source,
+}
+
+/// The backend could not decide and the limit's fallback is `Deny`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the rate-limit store is unavailable")]
+pub struct Unavailable {
+    /// A fair time for the client to come back (the breaker's cooldown).
+    pub retry_after: Duration,
+}
+
 /// The limiter backends. An enum, not a trait object: the set is closed and the call stays static.
-#[derive(Debug)]
 pub enum Limiter {
     Memory(MemoryLimiter),
+    Redis(Arc<RedisLimiter>),
 }
 
 impl Limiter {
     /// Counts one request for `key` against `quota` and says whether it is admitted.
-    pub async fn check(&self, key: &str, quota: Quota) -> Decision {
+    pub async fn check(
+        &self,
+        key: &str,
+        quota: Quota,
+        fallback: Fallback,
+        tuning: &RedisTuning,
+    ) -> Result<Checked, Unavailable> {
         match self {
-            Limiter::Memory(m) => m.check(key, quota),
+            Limiter::Memory(m) => Ok(Checked {
+                decision: m.check(key, quota),
+                source: Source::Memory,
+            }),
+            Limiter::Redis(r) => r.check(key, quota, fallback, tuning).await,
+        }
+    }
+
+    /// The in-process store: the memory backend, or the Redis backend's fallback.
+    pub fn memory(&self) -> &MemoryLimiter {
+        match self {
+            Limiter::Memory(m) => m,
+            Limiter::Redis(r) => r.local(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The audit trail: what a record holds, how it is chained, and how a chain is verified.
 //!
-//! Records are written by the store in the same transaction as the change they describe (see
-//! `store::ops`). Each tenant's trail is [`AUDIT_LANES`] hash chains ("lanes"):
+//! [`AuditAction`] lists every action the service records, with its resource type. Records are
+//! written by the store in the same transaction as the change they describe (see `store/sql/`).
+//! Each tenant's trail is [`AUDIT_LANES`] hash chains ("lanes"):
 //! `hash = SHA-256(prev_hash || canonical(record))`, and `audit_heads` remembers each lane's last
 //! sequence number and hash so that removing the newest records is detected too. Why lanes: a
 //! chain head must be locked from the audit write until commit, so with a single chain every
@@ -10,6 +11,9 @@
 //! time and always uses lane 0. `pos` orders records across lanes for reading; it is not hashed.
 //! Details never hold secrets or unmasked personal data: callers pass
 //! masked values only.
+//!
+//! A stored [`AuditRecord`] keeps `action` and `resource_type` as the strings that were hashed, so
+//! that `ward audit verify` can name an edited record whatever it was edited to.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -30,13 +34,85 @@ pub struct AuditContext {
     pub request_id: String,
 }
 
+/// What an audit record says happened. Every action the service records is listed here, with the
+/// type of resource it concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuditAction {
+    LoginSucceeded,
+    LoginFailed,
+    Lockout,
+    Refresh,
+    RefreshReuseDetected,
+    Logout,
+    PasswordChanged,
+    UserCreated,
+    TenantCreated,
+    PaymentCreated,
+    PaymentCancelled,
+    PaymentWebhookApplied,
+    ProxySecurityEvent,
+}
+
+impl AuditAction {
+    pub const ALL: [AuditAction; 13] = [
+        AuditAction::LoginSucceeded,
+        AuditAction::LoginFailed,
+        AuditAction::Lockout,
+        AuditAction::Refresh,
+        AuditAction::RefreshReuseDetected,
+        AuditAction::Logout,
+        AuditAction::PasswordChanged,
+        AuditAction::UserCreated,
+        AuditAction::TenantCreated,
+        AuditAction::PaymentCreated,
+        AuditAction::PaymentCancelled,
+        AuditAction::PaymentWebhookApplied,
+        AuditAction::ProxySecurityEvent,
+    ];
+
+    /// The action's stored name and its resource type. Both are part of every record's hash and
+    /// are what `GET /v1/audit?action=&resource_type=` filters on: never rename one.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            AuditAction::LoginSucceeded => ("auth.login_succeeded", "session"),
+            AuditAction::LoginFailed => ("auth.login_failed", "user"),
+            AuditAction::Lockout => ("auth.lockout", "user"),
+            AuditAction::Refresh => ("auth.refresh", "session"),
+            AuditAction::RefreshReuseDetected => ("auth.refresh_reuse_detected", "session"),
+            AuditAction::Logout => ("auth.logout", "session"),
+            AuditAction::PasswordChanged => ("auth.password_changed", "user"),
+            AuditAction::UserCreated => ("user.created", "user"),
+            AuditAction::TenantCreated => ("tenant.created", "tenant"),
+            AuditAction::PaymentCreated => ("payment.created", "payment"),
+            AuditAction::PaymentCancelled => ("payment.cancelled", "payment"),
+            AuditAction::PaymentWebhookApplied => ("payment.webhook_applied", "payment"),
+            AuditAction::ProxySecurityEvent => ("proxy.security_event", "security_event"),
+        }
+    }
+
+    /// The stored name, e.g. `auth.login_succeeded`.
+    pub fn as_str(self) -> &'static str {
+        self.names().0
+    }
+
+    /// The type of resource the action concerns, e.g. `session`.
+    pub fn resource_type(self) -> &'static str {
+        self.names().1
+    }
+}
+
+impl std::fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An event to record, before the store gives it an id, a sequence number and a hash.
 #[derive(Debug, Clone)]
 pub struct AuditEvent {
     pub tenant_id: String,
     pub actor: String,
-    pub action: &'static str,
-    pub resource_type: &'static str,
+    pub action: AuditAction,
     pub resource_id: String,
     pub client_ip: String,
     pub request_id: String,
@@ -47,8 +123,7 @@ impl AuditEvent {
     pub fn new(
         ctx: &AuditContext,
         tenant_id: &str,
-        action: &'static str,
-        resource_type: &'static str,
+        action: AuditAction,
         resource_id: &str,
         details: serde_json::Value,
     ) -> Self {
@@ -56,12 +131,16 @@ impl AuditEvent {
             tenant_id: tenant_id.to_string(),
             actor: ctx.actor.clone(),
             action,
-            resource_type,
             resource_id: resource_id.to_string(),
             client_ip: ctx.client_ip.clone(),
             request_id: ctx.request_id.clone(),
             details,
         }
+    }
+
+    /// The type of the resource `resource_id` names, which the action determines.
+    pub fn resource_type(&self) -> &'static str {
+        self.action.resource_type()
     }
 }
 
@@ -278,5 +357,57 @@ mod tests {
             verify_chain("t", 0, &c[..2], 3, &head),
             Err(ChainBreak::TailRemoved { last: 2, .. })
         ));
+    }
+
+    #[test]
+    fn every_action_keeps_its_stored_name_and_resource_type() {
+        // Records are hashed with these strings and clients filter on them: byte for byte.
+        let table: Vec<(&str, &str)> = AuditAction::ALL
+            .iter()
+            .map(|a| (a.as_str(), a.resource_type()))
+            .collect();
+        assert_eq!(
+            table,
+            [
+                ("auth.login_succeeded", "session"),
+                ("auth.login_failed", "user"),
+                ("auth.lockout", "user"),
+                ("auth.refresh", "session"),
+                ("auth.refresh_reuse_detected", "session"),
+                ("auth.logout", "session"),
+                ("auth.password_changed", "user"),
+                ("user.created", "user"),
+                ("tenant.created", "tenant"),
+                ("payment.created", "payment"),
+                ("payment.cancelled", "payment"),
+                ("payment.webhook_applied", "payment"),
+                ("proxy.security_event", "security_event"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_action_list_is_complete() {
+        // No wildcard: a new action fails to compile here until it is given a place in `ALL`.
+        fn position(a: AuditAction) -> usize {
+            match a {
+                AuditAction::LoginSucceeded => 0,
+                AuditAction::LoginFailed => 1,
+                AuditAction::Lockout => 2,
+                AuditAction::Refresh => 3,
+                AuditAction::RefreshReuseDetected => 4,
+                AuditAction::Logout => 5,
+                AuditAction::PasswordChanged => 6,
+                AuditAction::UserCreated => 7,
+                AuditAction::TenantCreated => 8,
+                AuditAction::PaymentCreated => 9,
+                AuditAction::PaymentCancelled => 10,
+                AuditAction::PaymentWebhookApplied => 11,
+                AuditAction::ProxySecurityEvent => 12,
+            }
+        }
+        for (i, a) in AuditAction::ALL.into_iter().enumerate() {
+            assert_eq!(position(a), i, "{a} is out of place in ALL");
+        }
     }
 }

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::auth::TokenIssuer;
+use super::domain::lockout::LockoutPolicy;
 use super::keys::{read_secret_file, DataKeys, KeyError, KeyRef, Secret, SigningKeys};
-use super::store::LockoutPolicy;
 
 /// Settings shared by every `ward payments` subcommand that opens the database.
 #[derive(Debug, Clone, clap::Args)]

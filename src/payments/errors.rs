@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::domain::payment::PaymentStatus;
 use super::store::StoreError;
 
 tokio::task_local! {
@@ -83,7 +84,10 @@ pub enum ApiError {
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("illegal status transition from {from} to {to}")]
-    IllegalTransition { from: String, to: String },
+    IllegalTransition {
+        from: PaymentStatus,
+        to: PaymentStatus,
+    },
     #[error("already exists: {0}")]
     AlreadyExists(String),
     #[error("webhook signature invalid")]

@@ -7,11 +7,14 @@
 //! header. It never imports `proxy`.
 //!
 //! - [`config`]: flags and env into a checked [`Config`].
-//! - [`api`]: the HTTP surface; one handler per route, read top to bottom.
+//! - [`api`]: the HTTP surface: the router and per-request shell, then one file per resource
+//!   (sessions, users, payments, webhooks, audit, ops, the OpenAPI document); one handler per
+//!   route, read top to bottom.
+//! - [`domain`]: the rules, free of HTTP and SQL: the payment state machine and account lockout.
 //! - [`auth`]: password hashing, access and refresh tokens.
 //! - [`keys`]: signing keys (JWKS), data-encryption keys, secret files.
-//! - [`store`]: the store interface with its SQLite and PostgreSQL implementations.
-//! - [`audit`]: audit records and their hash chain.
+//! - [`store`]: the store interface with its SQLite and PostgreSQL implementations; typed rows.
+//! - [`audit`]: the audit actions, records and their hash chain.
 //! - [`validation`], [`webhook`], [`errors`], [`metrics`], [`demo`].
 
 pub mod api;
@@ -19,6 +22,7 @@ pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod domain;
 pub mod errors;
 pub mod keys;
 pub mod metrics;
@@ -40,7 +44,7 @@ use tokio::net::TcpListener;
 pub use config::Config;
 use store::{NewUser, Store, StoreError};
 
-use self::audit::{AuditContext, AuditEvent, SYSTEM_TENANT};
+use self::audit::{AuditAction, AuditContext, AuditEvent, SYSTEM_TENANT};
 
 /// Errors that stop `ward payments` (start-up and CLI paths).
 #[derive(Debug, thiserror::Error)]
@@ -173,7 +177,7 @@ pub async fn bootstrap(
         id: uuid::Uuid::new_v4().to_string(),
         tenant_id: tenant_id.clone(),
         email: email.clone(),
-        role: crate::identity::Role::Admin.as_str().to_string(),
+        role: crate::identity::Role::Admin,
         password_hash,
     };
     let ctx = AuditContext {
@@ -185,16 +189,14 @@ pub async fn bootstrap(
         AuditEvent::new(
             &ctx,
             SYSTEM_TENANT,
-            "tenant.created",
-            "tenant",
+            AuditAction::TenantCreated,
             &tenant_id,
             serde_json::json!({ "slug": slug }),
         ),
         AuditEvent::new(
             &ctx,
             &tenant_id,
-            "user.created",
-            "user",
+            AuditAction::UserCreated,
             &admin.id,
             serde_json::json!({ "email": validation::mask_email(&email), "role": "admin" }),
         ),

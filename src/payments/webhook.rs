@@ -3,7 +3,7 @@
 //!
 //! The timestamp must be within the tolerance window (a stale delivery is refused even with a valid
 //! signature), and the event id is recorded in the same transaction as the status change it causes,
-//! so a replayed delivery is refused too (see `store::ops::transition`).
+//! so a replayed delivery is refused too (see `store/sql/payments.rs`, `transition`).
 
 use std::time::Duration;
 

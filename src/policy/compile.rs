@@ -12,11 +12,12 @@ use sha2::{Digest, Sha256};
 
 use super::matcher::{HostMatch, PathMatch, RouteMatch};
 use super::spec::{
-    CorsSpec, DefaultsSpec, HeaderRulesSpec, LimitsSpec, Mode, PolicySpec, RateLimitSpec, RouteSpec,
+    CorsSpec, DefaultsSpec, HeaderRulesSpec, IdentitySpec, LimitsSpec, Mode, OnRedisError,
+    PolicySpec, RateLimitSpec, RouteSpec,
 };
 use super::{
-    Cors, Deny, HeaderRules, OriginPattern, Policy, RateKey, RateLimit, RequestLimits, Route,
-    Server, Upstream,
+    Cors, Deny, Fallback, HeaderRules, OriginPattern, Policy, RateKey, RateLimit, RedisTuning,
+    RequestLimits, Route, Server, Upstream,
 };
 
 /// One problem in one policy file.
@@ -122,6 +123,7 @@ pub fn compile_sources(sources: &[(PathBuf, String)]) -> Result<Policy, LoadErro
     let mut c = Compiler {
         errors: Vec::new(),
         file: PathBuf::new(),
+        inputs: hasher.clone(),
     };
     let policy = c.policy(specs, hex::encode(hasher.finalize()));
     if c.errors.is_empty() {
@@ -149,9 +151,12 @@ fn yaml_error(file: &Path, e: &serde_norway::Error) -> CompileError {
     }
 }
 
-struct Compiler {
-    errors: Vec<CompileError>,
-    file: PathBuf,
+pub(super) struct Compiler {
+    pub(super) errors: Vec<CompileError>,
+    /// The file being compiled: errors name it, relative paths start from it.
+    pub(super) file: PathBuf,
+    /// Digest of everything read: the policy files, and the files and secrets they reference.
+    pub(super) inputs: Sha256,
 }
 
 const DEFAULT_METHODS: [Method; 7] = [
@@ -165,7 +170,7 @@ const DEFAULT_METHODS: [Method; 7] = [
 ];
 
 impl Compiler {
-    fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.errors.push(CompileError {
             file: self.file.clone(),
             position: None,
@@ -178,6 +183,7 @@ impl Compiler {
         let mut upstream = None;
         let mut server = None;
         let mut defaults: Option<(PathBuf, DefaultsSpec)> = None;
+        let mut identity_spec: Option<(PathBuf, IdentitySpec)> = None;
         let mut routes = Vec::new();
         let sources: Vec<PathBuf> = specs.iter().map(|(f, _)| f.clone()).collect();
         for (file, spec) in specs {
@@ -199,6 +205,12 @@ impl Compiler {
                     self.err("server", "defined in more than one policy file");
                 }
                 server = Some(self.server(s));
+            }
+            if let Some(i) = spec.identity {
+                if identity_spec.is_some() {
+                    self.err("identity", "defined in more than one policy file");
+                }
+                identity_spec = Some((file.clone(), i));
             }
             if let Some(d) = spec.defaults {
                 if defaults.is_some() {
@@ -222,6 +234,15 @@ impl Compiler {
                 "the policy has no routes (every request would get 404)",
             );
         }
+
+        let mut watched_files = Vec::new();
+        let identity = match identity_spec {
+            Some((file, spec)) => {
+                self.file = file;
+                self.identity(Some(spec), &mut watched_files)
+            }
+            None => self.identity(None, &mut watched_files),
+        };
 
         self.file = defaults_file;
         let base_limits = self.limits(
@@ -259,18 +280,39 @@ impl Compiler {
                     format!("duplicate route name `{}` (first at {first})", r.name),
                 );
             }
+            let auth = self.auth_rule(&identity, defaults.auth.as_ref(), r.auth.as_ref(), &at);
             let specs = r.rate_limits.clone().unwrap_or_else(|| base_rate.clone());
             let mut rate_limits = Vec::new();
+            let mut identity_rate_limits = Vec::new();
             for (j, rl) in specs.iter().enumerate() {
                 let field = if r.rate_limits.is_some() {
                     format!("{at}.rate_limits[{j}]")
                 } else {
                     format!("defaults.rate_limits[{j}]")
                 };
-                if let Some(l) = self.rate_limit(rl, &field, &mut rate_seen) {
-                    rate_limits.push(l);
+                match self.rate_limit(rl, &field, &mut rate_seen) {
+                    Some(l) if l.key.is_identity() => {
+                        if auth.require == super::Requirement::None {
+                            self.err(
+                                format!("{field}.key"),
+                                format!("`{}` counts by the verified caller, but route `{}` does not authenticate (auth.require: none)", rl.key, r.name),
+                            );
+                        }
+                        identity_rate_limits.push(l);
+                    }
+                    Some(l) => rate_limits.push(l),
+                    None => {}
                 }
             }
+            let items: Vec<&str> = rate_limits
+                .iter()
+                .chain(&identity_rate_limits)
+                .filter(|l| l.mode == Mode::Enforce)
+                .map(|l| l.policy_item.as_str())
+                .collect();
+            let rate_limit_policy = HeaderValue::from_str(&items.join(", "))
+                .ok()
+                .filter(|_| !items.is_empty());
             let route = Route {
                 name: Arc::from(r.name.as_str()),
                 matcher: self.matcher(&r, &at),
@@ -304,6 +346,9 @@ impl Compiler {
                     None => base_cors.as_ref().map(clone_cors),
                 },
                 rate_limits,
+                identity_rate_limits,
+                rate_limit_policy,
+                auth,
             };
             compiled.push(Arc::new(route));
         }
@@ -322,6 +367,9 @@ impl Compiler {
                 None,
             ),
             rate_limit_names,
+            identity,
+            watched_files,
+            inputs: self.inputs.clone().finalize().into(),
         })
     }
 
@@ -378,7 +426,12 @@ impl Compiler {
         })
     }
 
-    fn positive(&mut self, d: Option<Duration>, default: Duration, field: &str) -> Duration {
+    pub(super) fn positive(
+        &mut self,
+        d: Option<Duration>,
+        default: Duration,
+        field: &str,
+    ) -> Duration {
         match d {
             Some(d) if d.is_zero() => {
                 self.err(field, "must be greater than zero");
@@ -428,6 +481,27 @@ impl Compiler {
                 100_000,
                 "server.rate_limit_max_keys",
             ),
+            redis: {
+                let r = s.redis.unwrap_or_default();
+                RedisTuning {
+                    timeout: self.positive(
+                        r.timeout.map(|d| d.0),
+                        Duration::from_millis(50),
+                        "server.redis.timeout",
+                    ),
+                    breaker_failures: count(
+                        self,
+                        r.breaker_failures.map(|v| v as usize),
+                        3,
+                        "server.redis.breaker_failures",
+                    ) as u32,
+                    breaker_cooldown: self.positive(
+                        r.breaker_cooldown.map(|d| d.0),
+                        Duration::from_secs(2),
+                        "server.redis.breaker_cooldown",
+                    ),
+                }
+            },
         }
     }
 
@@ -733,6 +807,9 @@ impl Compiler {
             "ip" => RateKey::Ip,
             "ip_user_agent" => RateKey::IpUserAgent,
             "route" => RateKey::Route,
+            "subject" => RateKey::Subject,
+            "tenant" => RateKey::Tenant,
+            "api_key" => RateKey::ApiKey,
             other => match other
                 .strip_prefix("header:")
                 .map(|h| http::HeaderName::from_bytes(h.trim().as_bytes()))
@@ -741,11 +818,33 @@ impl Compiler {
                 _ => {
                     self.err(
                         format!("{field}.key"),
-                        format!("`{other}` is not ip, ip_user_agent, route or header:<Name>"),
+                        format!("`{other}` is not ip, ip_user_agent, route, header:<Name>, subject, tenant or api_key"),
                     );
                     return None;
                 }
             },
+        };
+        let fallback = match (rl.on_redis_error, rl.local_share) {
+            (Some(OnRedisError::Deny), Some(_)) => {
+                self.err(
+                    format!("{field}.local_share"),
+                    "applies only with on_redis_error: local",
+                );
+                ok = false;
+                Fallback::Deny
+            }
+            (Some(OnRedisError::Deny), None) => Fallback::Deny,
+            (_, share) => {
+                let share = share.unwrap_or(1.0);
+                if !(share > 0.0 && share <= 1.0) {
+                    self.err(
+                        format!("{field}.local_share"),
+                        "must be more than 0 and at most 1",
+                    );
+                    ok = false;
+                }
+                Fallback::Local { share }
+            }
         };
         let here = format!("{}: {field}", self.file.display());
         match seen.get(&rl.name) {
@@ -753,7 +852,9 @@ impl Compiler {
                 if prev.key != rl.key
                     || prev.limit != rl.limit
                     || prev.period != rl.period
-                    || prev.mode != rl.mode =>
+                    || prev.mode != rl.mode
+                    || prev.on_redis_error != rl.on_redis_error
+                    || prev.local_share != rl.local_share =>
             {
                 self.err(field, format!("rate limit `{}` is also defined at {at} with other settings; one name is one counter", rl.name));
                 ok = false;
@@ -769,6 +870,7 @@ impl Compiler {
             limit: rl.limit,
             period: rl.period.0,
             mode: rl.mode,
+            fallback,
             policy_item: format!("\"{}\";q={};w={}", rl.name, rl.limit, rl.period.0.as_secs()),
         })
     }

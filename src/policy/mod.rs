@@ -4,6 +4,7 @@
 //!
 //! Nothing here touches the network or a request: the proxy reads a `Policy` snapshot.
 
+pub mod auth;
 pub mod compile;
 pub mod matcher;
 pub mod spec;
@@ -17,9 +18,10 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 
+pub use auth::{AuthRule, ClaimRule, Identity, IdentityHeaders, Issuer, KeySource, TenantSource};
 pub use compile::{load, CompileError, LoadError};
 pub use matcher::RouteMatch;
-pub use spec::Mode;
+pub use spec::{Mode, Requirement};
 pub use store::PolicyStore;
 
 /// A compiled, validated policy. Immutable; replaced whole on reload.
@@ -36,6 +38,12 @@ pub struct Policy {
     pub default_response_headers: HeaderRules,
     /// Every distinct rate limit (by name), for the RateLimit-Policy header and metrics.
     pub rate_limit_names: Vec<Arc<str>>,
+    pub identity: Identity,
+    /// Files besides the policy files whose change reloads the policy (API keys, HMAC secrets).
+    pub watched_files: Vec<std::path::PathBuf>,
+    /// Digest of every input (policy files, referenced files, secrets): a reload that changes
+    /// only a referenced file still swaps the policy. Never published (secrets are in it).
+    pub inputs: [u8; 32],
 }
 
 #[derive(Debug)]
@@ -56,6 +64,15 @@ pub struct Server {
     pub max_connections: usize,
     pub max_concurrent_streams: u32,
     pub rate_limit_max_keys: usize,
+    pub redis: RedisTuning,
+}
+
+/// Deadline and breaker settings for Redis calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisTuning {
+    pub timeout: Duration,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
 }
 
 #[derive(Debug)]
@@ -67,7 +84,13 @@ pub struct Route {
     pub request_headers: HeaderRules,
     pub response_headers: HeaderRules,
     pub cors: Option<Cors>,
+    /// Limits counted before authentication (keys from the connection and the request).
     pub rate_limits: Vec<RateLimit>,
+    /// Limits counted after authentication (keys from the verified caller).
+    pub identity_rate_limits: Vec<RateLimit>,
+    /// `RateLimit-Policy` for every enforced limit of the route, joined once at compile time.
+    pub rate_limit_policy: Option<HeaderValue>,
+    pub auth: AuthRule,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -148,7 +171,22 @@ pub enum RateKey {
     IpUserAgent,
     Route,
     Header(HeaderName),
+    /// The verified caller's subject.
+    Subject,
+    /// The verified caller's tenant.
+    Tenant,
+    /// The API key's id.
+    ApiKey,
 }
+
+impl RateKey {
+    /// Whether the key comes from the verified caller (counted after authentication).
+    pub fn is_identity(&self) -> bool {
+        matches!(self, RateKey::Subject | RateKey::Tenant | RateKey::ApiKey)
+    }
+}
+
+pub use crate::limit::Fallback;
 
 #[derive(Debug, Clone)]
 pub struct RateLimit {
@@ -157,6 +195,7 @@ pub struct RateLimit {
     pub limit: u32,
     pub period: Duration,
     pub mode: Mode,
+    pub fallback: Fallback,
     /// `"name";q=limit;w=seconds`, ready for the RateLimit-Policy header.
     pub policy_item: String,
 }
@@ -220,19 +259,93 @@ pub fn explain(policy: &Policy, method: &Method, host: Option<&str>, path: &str)
             l.content_types.join(", ")
         }
     );
-    if r.rate_limits.is_empty() {
+    let a = &r.auth;
+    match a.require {
+        Requirement::None => {
+            let _ = writeln!(
+                out,
+                "auth: none (credentials not checked; identity headers stripped)"
+            );
+        }
+        req => {
+            let issuers: Vec<&str> = a.issuers.iter().map(|i| &*i.rules.name).collect();
+            let _ = writeln!(
+                out,
+                "auth: {} ({:?} mode): issuers [{}], API keys {}, token in query {}",
+                if req == Requirement::Required {
+                    "required"
+                } else {
+                    "optional"
+                },
+                a.mode,
+                issuers.join(", "),
+                if a.api_keys { "accepted" } else { "refused" },
+                if a.token_in_query {
+                    "accepted"
+                } else {
+                    "refused"
+                },
+            );
+            for is in &a.issuers {
+                let rules = &is.rules;
+                let keys = match &is.keys {
+                    KeySource::Jwks(src) => match &src.location {
+                        auth::JwksLocation::Url(u) => format!("JWKS {u}"),
+                        auth::JwksLocation::File(p) => format!("JWKS file {}", p.display()),
+                    },
+                    KeySource::Hmac(_) => "HMAC secret".to_owned(),
+                };
+                let _ = writeln!(
+                    out,
+                    "issuer {}: iss {}, aud [{}], alg [{}], leeway {}s, keys from {keys}",
+                    rules.name,
+                    rules.issuer,
+                    rules.audiences.join(", "),
+                    rules
+                        .algorithms
+                        .iter()
+                        .map(|a| format!("{a:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    rules.leeway,
+                );
+            }
+            if !a.roles.is_empty() {
+                let _ = writeln!(out, "authz: one of roles [{}]", a.roles.join(", "));
+            }
+            if !a.scopes.is_empty() {
+                let _ = writeln!(out, "authz: all of scopes [{}]", a.scopes.join(", "));
+            }
+            for c in &a.claims {
+                let _ = writeln!(out, "authz: claim {c:?}");
+            }
+            if let Some(t) = &a.tenant {
+                let _ = writeln!(out, "authz: caller's tenant must equal {t:?}");
+            }
+        }
+    }
+    if r.rate_limits.is_empty() && r.identity_rate_limits.is_empty() {
         let _ = writeln!(out, "rate limits: none (exempt)");
     }
-    for rl in &r.rate_limits {
-        let _ = writeln!(
-            out,
-            "rate limit {}: {} per {} by {:?} ({:?})",
-            rl.name,
-            rl.limit,
-            humantime::format_duration(rl.period),
-            rl.key,
-            rl.mode
-        );
+    for (when, list) in [
+        ("before auth", &r.rate_limits),
+        ("after auth", &r.identity_rate_limits),
+    ] {
+        for rl in list {
+            let fallback = match rl.fallback {
+                Fallback::Local { share } => format!("local at {share} of the limit"),
+                Fallback::Deny => "deny (503)".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "rate limit {}: {} per {} by {:?} ({:?}), counted {when}; if Redis is down: {fallback}",
+                rl.name,
+                rl.limit,
+                humantime::format_duration(rl.period),
+                rl.key,
+                rl.mode
+            );
+        }
     }
     for (n, v) in &r.response_headers.set {
         let _ = writeln!(

@@ -22,6 +22,8 @@ pub struct PolicySpec {
     pub upstream: Option<UpstreamSpec>,
     /// Connection-level settings, applied to new connections.
     pub server: Option<ServerSpec>,
+    /// Who callers are: token issuers, API keys, and the identity headers sent upstream.
+    pub identity: Option<IdentitySpec>,
     /// Settings every route inherits unless it overrides them.
     pub defaults: Option<DefaultsSpec>,
     /// Routes, first match wins. A request matching no route gets 404.
@@ -66,6 +68,198 @@ pub struct ServerSpec {
     pub max_concurrent_streams: Option<u32>,
     /// Keys the in-memory rate limiter keeps at most; the least recently limited are dropped first. Default 100000.
     pub rate_limit_max_keys: Option<usize>,
+    /// How ward talks to Redis when it runs with `--redis-url` (shared rate limits).
+    pub redis: Option<RedisSpec>,
+}
+
+/// Deadlines and the circuit breaker for Redis calls. Without `--redis-url` these are unused.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSpec {
+    /// Longest wait for one Redis answer; past it the call counts as failed and the limit's `on_redis_error` applies. Default 50ms.
+    pub timeout: Option<Dur>,
+    /// Consecutive failed calls that open the breaker (no Redis call at all while open). Default 3.
+    pub breaker_failures: Option<u32>,
+    /// How long the breaker stays open before one probe call may try Redis again. Default 2s.
+    pub breaker_cooldown: Option<Dur>,
+}
+
+/// Token issuers, API keys and the identity headers.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySpec {
+    /// JWT issuers, referenced by name from routes' `auth.issuers`.
+    #[serde(default)]
+    pub issuers: Vec<IssuerSpec>,
+    /// Static API keys for machine clients, stored as hashes in a separate file.
+    pub api_keys: Option<ApiKeysSpec>,
+    /// Headers that carry the verified identity to the upstream. Client-sent copies are always removed, on every route.
+    pub headers: Option<IdentityHeadersSpec>,
+    /// Verified-token cache: a hot token costs no signature check until it expires.
+    pub cache: Option<TokenCacheSpec>,
+}
+
+/// One JWT issuer: where its keys are and what its tokens must satisfy.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSpec {
+    /// Name routes use in `auth.issuers`; letters, digits, `-`, `_`.
+    pub name: String,
+    /// The `iss` claim, compared exactly (a trailing slash matters).
+    pub issuer: String,
+    /// `aud` must hold one of these, compared exactly. At least one.
+    pub audiences: Vec<String>,
+    /// Accepted `alg` values: EdDSA, ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512; HS256, HS384, HS512 only with `hmac`. `none` is never accepted.
+    pub algorithms: Vec<String>,
+    /// Public keys from a JWKS file or URL (exactly one of `jwks` and `hmac`).
+    pub jwks: Option<JwksSpec>,
+    /// A shared HMAC secret, read from a file or an environment variable (never from the policy text).
+    pub hmac: Option<HmacSpec>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`. Default 30s, at most 5m.
+    pub leeway: Option<Dur>,
+    /// Claims that must be present besides `exp`, `iss`, `aud` and the subject (always required).
+    pub required_claims: Option<Vec<String>>,
+    /// Largest token accepted (401 above it, before any parsing). Default 8KiB.
+    pub max_token_size: Option<Size>,
+    /// When set, the header's `typ` must equal it (case-insensitive, `application/` optional), e.g. `JWT` or `at+jwt`.
+    pub typ: Option<String>,
+    /// Which claims hold the subject, tenant, roles and scopes.
+    pub claims: Option<ClaimNamesSpec>,
+}
+
+/// Where an issuer's public keys come from: exactly one of `url` and `file`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JwksSpec {
+    /// `https://` (or `http://` on loopback) URL of the JWK Set. Fetched at start, then every `refresh`, and at once (at most every `min_refetch`) when a token names an unknown `kid`.
+    pub url: Option<String>,
+    /// A JWK Set file, relative to the policy file; re-read when it changes.
+    pub file: Option<String>,
+    /// Time between scheduled fetches of `url`. Default 5m.
+    pub refresh: Option<Dur>,
+    /// Least time between two fetches triggered by unknown `kid`s, so garbage kids cannot make ward hammer the issuer. Default 30s.
+    pub min_refetch: Option<Dur>,
+    /// Deadline of one fetch. Default 5s.
+    pub timeout: Option<Dur>,
+    /// PEM bundle of CAs to trust for an `https://` url, relative to the policy file. Default: the system's roots.
+    pub ca_file: Option<String>,
+}
+
+/// An HMAC secret source: exactly one of `secret_file` and `secret_env`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HmacSpec {
+    /// File holding the secret (at least 32 bytes; surrounding whitespace is trimmed), relative to the policy file.
+    pub secret_file: Option<String>,
+    /// Environment variable holding the secret (at least 32 bytes).
+    pub secret_env: Option<String>,
+    /// Never allowed: a secret in the policy text would be in every copy and log of it. Present only to give a clear error.
+    pub secret: Option<serde_json::Value>,
+}
+
+/// Claim names (defaults in brackets).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimNamesSpec {
+    /// [`sub`] the subject.
+    pub subject: Option<String>,
+    /// [`tenant`] the tenant id.
+    pub tenant: Option<String>,
+    /// [`roles`] a string (one role) or an array of strings.
+    pub roles: Option<String>,
+    /// [`scope`] a space-separated string or an array of strings.
+    pub scopes: Option<String>,
+}
+
+/// Where API keys are and how clients send them.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysSpec {
+    /// YAML file of keys (`keys: [{id, hash: "sha256:<hex>", tenant, roles, scopes, rate_limit: {limit, period}}]`), relative to the policy file; re-read with the policy. Make one with `ward apikey generate`.
+    pub file: String,
+    /// Request header carrying the key. Default `X-Api-Key`. It is never forwarded upstream.
+    pub header: Option<HeaderNameSpec>,
+}
+
+/// Header names for the identity sent upstream.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityHeadersSpec {
+    /// Default `X-Ward-Subject`.
+    pub subject: Option<HeaderNameSpec>,
+    /// Default `X-Ward-Tenant`.
+    pub tenant: Option<HeaderNameSpec>,
+    /// Comma-separated roles. Default `X-Ward-Roles`.
+    pub roles: Option<HeaderNameSpec>,
+    /// `jwt` or `api_key`. Default `X-Ward-Auth-Method`.
+    pub method: Option<HeaderNameSpec>,
+}
+
+/// The verified-token cache.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCacheSpec {
+    /// Most tokens kept (by SHA-256 of the token, never the token). `0` turns the cache off. Default 100000.
+    pub max_entries: Option<usize>,
+}
+
+/// Whether a route needs a verified caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Requirement {
+    /// A valid token or API key is needed (401 without).
+    Required,
+    /// No credentials is fine; credentials sent must be valid (401 otherwise).
+    Optional,
+    /// Credentials are not checked (but identity headers are still stripped).
+    None,
+}
+
+/// Authentication and authorization of a route; each field overrides the default's.
+#[derive(Debug, Default, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSpec {
+    /// `required`, `optional` or `none`. Default `none`.
+    pub require: Option<Requirement>,
+    /// Issuers whose tokens this route accepts (names from `identity.issuers`). An HMAC issuer must be named by the route itself, not inherited.
+    pub issuers: Option<Vec<String>>,
+    /// Accept API keys on this route. Default false.
+    pub api_keys: Option<bool>,
+    /// The caller needs one of these roles (403 otherwise).
+    pub roles: Option<Vec<String>>,
+    /// The caller needs every one of these scopes (403 otherwise).
+    pub scopes: Option<Vec<String>>,
+    /// Claim rules, all of which must hold (403 otherwise).
+    pub claims: Option<Vec<ClaimRuleSpec>>,
+    /// Tenant isolation: the caller's tenant must equal the tenant the request names (403 otherwise).
+    pub tenant: Option<TenantRuleSpec>,
+    /// Accept a token in the `access_token` query parameter (RFC 6750 §2.3). Default false: such a request is refused.
+    pub token_in_query: Option<bool>,
+    /// `shadow`: failures are logged and counted and the request goes on without an identity.
+    pub mode: Option<Mode>,
+}
+
+/// A rule on one claim: exactly one of `equals`, `one_of`, `contains`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRuleSpec {
+    pub claim: String,
+    /// The claim equals this value.
+    pub equals: Option<serde_json::Value>,
+    /// The claim equals one of these values.
+    pub one_of: Option<Vec<serde_json::Value>>,
+    /// The claim is an array holding this value, or a space-separated string holding this word.
+    pub contains: Option<serde_json::Value>,
+}
+
+/// Where the request names its tenant: exactly one of `header` and `path_segment`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRuleSpec {
+    /// A request header holding the tenant id.
+    pub header: Option<HeaderNameSpec>,
+    /// The 1-based path segment holding the tenant id (`/v1/tenants/{t}/...` is segment 3).
+    pub path_segment: Option<usize>,
 }
 
 /// Defaults for every route.
@@ -76,6 +270,7 @@ pub struct DefaultsSpec {
     pub headers: Option<HeadersSpec>,
     pub cors: Option<CorsSpec>,
     pub rate_limits: Option<Vec<RateLimitSpec>>,
+    pub auth: Option<AuthSpec>,
 }
 
 /// A route: a matcher plus overrides of the defaults.
@@ -97,6 +292,8 @@ pub struct RouteSpec {
     pub cors: Option<CorsSpec>,
     /// Rate limits for this route; replaces the default list (`[]` exempts the route).
     pub rate_limits: Option<Vec<RateLimitSpec>>,
+    /// Authentication and authorization; each field overrides the default's.
+    pub auth: Option<AuthSpec>,
 }
 
 /// Request matcher: every given part must match.
@@ -196,10 +393,22 @@ pub struct CorsSpec {
 pub struct RateLimitSpec {
     /// Name, used in headers, metrics and the counter key; the same name on two routes is one shared counter and must have the same settings.
     pub name: String,
-    /// `ip`, `ip_user_agent`, `route` or `header:<Name>`.
+    /// Counted before authentication: `ip`, `ip_user_agent`, `route`, `header:<Name>`. Counted after it, by the verified caller: `subject`, `tenant`, `api_key` (a request without one counts by IP).
     pub key: String,
     pub limit: u32,
     pub period: Dur,
     #[serde(default)]
     pub mode: Mode,
+    /// With `--redis-url`, what happens when Redis fails or is slow: `local` (default) counts this replica alone against `local_share` of the limit; `deny` answers 503 with Retry-After.
+    pub on_redis_error: Option<OnRedisError>,
+    /// Share of `limit` each replica admits alone while Redis is unavailable (`local`). Default 1.0 (each replica the whole limit); 1/replicas keeps the total.
+    pub local_share: Option<f64>,
+}
+
+/// What a shared limit does while Redis is unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRedisError {
+    Local,
+    Deny,
 }

@@ -67,7 +67,7 @@ impl PolicyStore {
         match result {
             Ok(policy) => {
                 *last = None;
-                if policy.hash == self.current.load().hash {
+                if policy.inputs == self.current.load().inputs {
                     return Ok(Reloaded::Unchanged);
                 }
                 self.current.store(Arc::new(policy));

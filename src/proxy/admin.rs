@@ -1,12 +1,12 @@
 //! The admin listener (loopback by default, never the public port): `/metrics` (Prometheus text),
-//! `/healthz` (the process answers), `/readyz` (a policy is loaded, the upstream accepts TCP
-//! connections, and the proxy is not draining), `/policy` (active hash, load time, sources, last
-//! reload error).
+//! `/healthz` (the process answers), `/readyz` (a policy is loaded, every JWKS source has loaded
+//! once, the upstream accepts TCP connections, and the proxy is not draining), `/policy` (active
+//! hash, load time, sources, issuers and their keys, the rate-limit store, last reload error).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use super::Shared;
+use crate::telemetry::rfc3339;
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     loop {
@@ -68,17 +69,27 @@ async fn answer(
     })
 }
 
-async fn ready(shared: &Shared) -> (bool, &'static str) {
+async fn ready(shared: &Shared) -> (bool, String) {
     if shared.draining.load(Ordering::SeqCst) {
-        return (false, "draining");
+        return (false, "draining".into());
+    }
+    // Keys that never loaded: routes needing them answer 503. Once loaded, a failing refresh
+    // keeps the last good keys and only shows in metrics and /policy.
+    let unready = shared.keys.unready();
+    if !unready.is_empty() {
+        let list: Vec<String> = unready
+            .into_iter()
+            .map(|(issuer, why)| format!("{issuer}: {why}"))
+            .collect();
+        return (false, format!("keys not loaded: {}", list.join("; ")));
     }
     let policy = shared.policy.snapshot();
     let authority = &policy.upstream.authority;
     let port = authority.port_u16().unwrap_or(80);
     let addr = format!("{}:{port}", authority.host());
     match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await {
-        Ok(Ok(_)) => (true, "ready"),
-        _ => (false, "upstream unreachable"),
+        Ok(Ok(_)) => (true, "ready".into()),
+        _ => (false, "upstream unreachable".into()),
     }
 }
 
@@ -90,15 +101,14 @@ fn policy_json(shared: &Shared) -> String {
         "loaded_at": rfc3339(p.loaded_at),
         "sources": p.sources.iter().map(|s| s.display().to_string()).collect::<Vec<_>>(),
         "routes": p.routes.iter().map(|r| r.name.to_string()).collect::<Vec<_>>(),
+        "issuers": shared.keys.describe(),
+        "rate_limit_store": match &shared.limiter {
+            crate::limit::Limiter::Memory(_) => "memory".to_owned(),
+            crate::limit::Limiter::Redis(r) => format!("redis {}", r.link().target()),
+        },
         "last_reload_error": err.map(|e| serde_json::json!({"at": rfc3339(e.at), "message": e.message})),
     })
     .to_string()
-}
-
-pub fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

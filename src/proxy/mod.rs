@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod redirect;
 pub mod rejection;
 pub mod stage;
+pub mod token_cache;
 pub mod upstream;
 
 use std::future::Future;
@@ -25,8 +26,10 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::limit::{Limiter, MemoryLimiter};
-use crate::policy::{store::Reloaded, watch, PolicyStore};
+use crate::keystore::KeyStore;
+use crate::limit::{Limiter, MemoryLimiter, RedisLimiter};
+use crate::policy::{store::Reloaded, watch, Policy, PolicyStore};
+use crate::redis_link::RedisLink;
 use crate::telemetry::Metrics;
 use crate::tls::CertStore;
 pub use pipeline::{ConnInfo, Shared};
@@ -39,6 +42,8 @@ pub struct Proxy {
     pub policy: Arc<PolicyStore>,
     pub certs: Arc<CertStore>,
     pub metrics: Metrics,
+    /// Shared state for several replicas (`--redis-url`); `None` keeps limits in memory.
+    pub redis: Option<Arc<RedisLink>>,
     /// Longest wait for in-flight requests after shutdown starts.
     pub drain_timeout: Duration,
 }
@@ -62,11 +67,26 @@ pub async fn run(proxy: Proxy, shutdown: impl Future<Output = ()>) -> Result<(),
     let first = proxy.policy.snapshot();
     proxy.metrics.set_policy(&first.hash);
     proxy.metrics.set_certificate_expiry(&proxy.certs);
+    let memory = MemoryLimiter::new(
+        first.server.rate_limit_max_keys,
+        proxy.metrics.rate_limit_keys_evicted.clone(),
+    );
+    let limiter = match &proxy.redis {
+        Some(link) => Limiter::Redis(Arc::new(RedisLimiter::new(link.clone(), memory))),
+        None => Limiter::Memory(memory),
+    };
+    let keys = Arc::new(KeyStore::new(proxy.metrics.jwks.clone()));
+    keys.reconcile(&first);
+    let m = &proxy.metrics;
     let shared = Arc::new(Shared {
-        limiter: Limiter::Memory(MemoryLimiter::new(
-            first.server.rate_limit_max_keys,
-            proxy.metrics.rate_limit_keys_evicted.clone(),
-        )),
+        limiter,
+        keys,
+        tokens: token_cache::TokenCache::new(
+            first.identity.cache_max_entries,
+            m.token_cache_lookups.with_label_values(&["hit"]),
+            m.token_cache_lookups.with_label_values(&["miss"]),
+            m.token_cache_entries.clone(),
+        ),
         policy: proxy.policy.clone(),
         metrics: proxy.metrics.clone(),
         client: upstream::client(),
@@ -307,6 +327,9 @@ fn guard_reply(shared: &Shared, fault: guard::Fault) -> Vec<u8> {
 
 async fn reload_policy(shared: Arc<Shared>, mut changes: tokio::sync::mpsc::Receiver<()>) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    // Files the policy references (API keys, HMAC secrets) reload it too; the watcher follows
+    // the policy's list.
+    let mut referenced = ReferencedFiles::watch(&shared.policy.snapshot());
     loop {
         let hup_recv = async {
             match hup.as_mut() {
@@ -317,12 +340,53 @@ async fn reload_policy(shared: Arc<Shared>, mut changes: tokio::sync::mpsc::Rece
         tokio::select! {
             change = watch::next_change(&mut changes) => if change.is_none() { return },
             _ = hup_recv => tracing::info!("SIGHUP: reloading policy"),
+            Some(()) = referenced.next_change() => tracing::info!("a file the policy references changed: reloading"),
         }
         reload_now(&shared).await;
+        let p = shared.policy.snapshot();
+        if p.watched_files != referenced.files {
+            referenced = ReferencedFiles::watch(&p);
+        }
     }
 }
 
-/// Reloads the policy off the async threads and records the outcome.
+/// A watcher on the files the policy references besides the policy files.
+struct ReferencedFiles {
+    files: Vec<std::path::PathBuf>,
+    watcher: Option<(notify::RecommendedWatcher, tokio::sync::mpsc::Receiver<()>)>,
+}
+
+impl ReferencedFiles {
+    fn watch(policy: &Policy) -> ReferencedFiles {
+        let files = policy.watched_files.clone();
+        let mut dirs: Vec<std::path::PathBuf> = files.iter().map(|f| watch::watch_dir(f)).collect();
+        dirs.sort();
+        dirs.dedup();
+        let paths: Vec<&std::path::Path> = files.iter().map(|f| f.as_path()).collect();
+        let watcher = if files.is_empty() {
+            None
+        } else {
+            match watch::watch(&dirs, watch::file_names(&paths)) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the files the policy references; SIGHUP still reloads them");
+                    None
+                }
+            }
+        };
+        ReferencedFiles { files, watcher }
+    }
+
+    async fn next_change(&mut self) -> Option<()> {
+        match &mut self.watcher {
+            Some((_, rx)) => watch::next_change(rx).await,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Reloads the policy off the async threads, records the outcome, and brings what hangs off the
+/// policy (key sources, cache and limiter bounds) in line with it.
 pub async fn reload_now(shared: &Arc<Shared>) {
     let store = shared.policy.clone();
     let outcome = tokio::task::spawn_blocking(move || store.reload()).await;
@@ -332,8 +396,12 @@ pub async fn reload_now(shared: &Arc<Shared>) {
             let p = shared.policy.snapshot();
             m.policy_reloads.with_label_values(&["changed"]).inc();
             m.set_policy(&p.hash);
-            let Limiter::Memory(mem) = &shared.limiter;
-            mem.set_max_keys(p.server.rate_limit_max_keys);
+            shared
+                .limiter
+                .memory()
+                .set_max_keys(p.server.rate_limit_max_keys);
+            shared.tokens.set_max_entries(p.identity.cache_max_entries);
+            shared.keys.reconcile(&p);
             tracing::info!(
                 hash = p.hash.as_str(),
                 routes = p.routes.len(),

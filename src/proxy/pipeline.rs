@@ -6,14 +6,19 @@ use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use super::rejection::Rejection;
 use super::stage;
+use super::stage::authn::Verifier;
+use super::stage::rate_limit::{Limits, Permit};
+use super::token_cache::TokenCache;
 use super::upstream::{self, Forwarded, ProxyBody, UpstreamClient};
+use crate::identity::Principal;
+use crate::keystore::KeyStore;
 use crate::limit::Limiter;
 use crate::policy::{Mode, Policy, PolicyStore, Route};
 use crate::telemetry::Metrics;
@@ -21,6 +26,9 @@ use crate::telemetry::Metrics;
 /// What every request handler shares.
 pub struct Shared {
     pub policy: Arc<PolicyStore>,
+    /// Live JWKS keys, beside the policy (keys change on the issuer's schedule, not the operator's).
+    pub keys: Arc<KeyStore>,
+    pub tokens: TokenCache,
     pub limiter: Limiter,
     pub metrics: Metrics,
     pub client: UpstreamClient,
@@ -40,7 +48,8 @@ struct Exchange {
     request_id: HeaderValue,
     route: Option<Arc<Route>>,
     client_ip: IpAddr,
-    rate_headers: Vec<(HeaderName, HeaderValue)>,
+    permit: Permit,
+    principal: Option<Arc<Principal>>,
     shadowed: Vec<String>,
     preflight_answered: bool,
     upstream_time: Option<Duration>,
@@ -64,7 +73,8 @@ pub async fn handle(
         request_id: request_id(req.headers()),
         route: None,
         client_ip: conn.peer.ip(),
-        rate_headers: Vec::new(),
+        permit: Permit::default(),
+        principal: None,
         shadowed: Vec::new(),
         preflight_answered: false,
         upstream_time: None,
@@ -91,6 +101,7 @@ pub async fn handle(
     m.request_duration
         .with_label_values(&[route])
         .observe(elapsed.as_secs_f64());
+    let who = ex.principal.as_deref();
     tracing::info!(
         request_id = ex.request_id.to_str().unwrap_or("-"),
         method = method.as_str(),
@@ -106,13 +117,16 @@ pub async fn handle(
         bytes_out = http_body::Body::size_hint(response.body()).exact(),
         client_ip = %ex.client_ip,
         protocol = conn.proto,
+        subject = who.map(|p| p.subject.as_str()),
+        tenant = who.and_then(|p| p.tenant.as_deref()),
+        auth_method = who.map(|p| p.method.as_str()),
         "request"
     );
     Ok(response)
 }
 
-/// Every security stage, in order. IP-keyed limits come before anything costly so that a flood
-/// costs a hash lookup; identity stages (JWT, lockout) plug in after rate limiting.
+/// Every security stage, in order. Cheap checks and IP-keyed limits come first, so a flood of
+/// requests or forged tokens costs a hash lookup; signature checks come after them.
 async fn run_stages(
     shared: &Shared,
     policy: &Policy,
@@ -129,32 +143,55 @@ async fn run_stages(
         enforce(mode, Err(denied), shared, ex)?;
     }
     // 3. Request limits: method, URL, headers, content type, declared body size (405/414/431/415/413).
+    let preflight = route.cors.is_some() && stage::cors::is_preflight(&req);
     enforce(
         route.limits.mode,
-        stage::limits::check(
-            &route.limits,
-            &req,
-            route.cors.is_some() && stage::cors::is_preflight(&req),
-        ),
+        stage::limits::check(&route.limits, &req, preflight),
         shared,
         ex,
     )?;
-    // 4. Rate limits keyed by client IP, header or route (429).
+    // 4. Rate limits keyed by client IP, User-Agent, header or route (429; 503 if Redis is down and the limit says deny).
     ex.client_ip = client_ip(policy, conn.peer.ip(), req.headers());
-    let (permit, verdict) =
-        stage::rate_limit::check(&shared.limiter, &shared.metrics, &route, &req, ex.client_ip)
-            .await;
-    ex.rate_headers = permit.headers;
-    for name in permit.shadowed {
-        record_shadow(shared, ex, &format!("rate_limited:{name}"));
-    }
-    verdict?;
+    let limits = Limits {
+        limiter: &shared.limiter,
+        metrics: &shared.metrics,
+        policy,
+    };
+    let counted = stage::rate_limit::check_pre_auth(
+        &limits,
+        &route,
+        req.headers(),
+        ex.client_ip,
+        &mut ex.permit,
+    )
+    .await;
+    record_shadowed_limits(shared, ex);
+    counted?;
     // 5. CORS preflight, answered here (204 / 403); a refused one carries no CORS headers.
-    ex.preflight_answered = route.cors.is_some() && stage::cors::is_preflight(&req);
+    ex.preflight_answered = preflight;
     if let Some(answer) = stage::cors::preflight(&route, &req)? {
         return Ok(answer.map(|()| upstream::empty()));
     }
-    // 6. Forward to the upstream (502/504; 413/400 for a bad unsized body).
+    // 6. Authentication: bearer JWT or API key → the verified caller, if any (401; 503 while keys never loaded).
+    ex.principal = authenticate(shared, policy, &route, &req, ex)?;
+    // 7. Authorization on roles, scopes, claims and tenant (403); needs the caller as evidence.
+    if let Some(caller) = ex.principal.clone() {
+        let verdict = stage::authz::check(&route.auth, &caller, req.headers(), req.uri());
+        record_auth(shared, &route, &verdict, route.auth.mode);
+        enforce(route.auth.mode, verdict, shared, ex)?;
+    }
+    // 8. Rate limits keyed by the verified caller: subject, tenant, API key (429 / 503).
+    let counted = stage::rate_limit::check_identity(
+        &limits,
+        &route,
+        ex.principal.as_deref(),
+        ex.client_ip,
+        &mut ex.permit,
+    )
+    .await;
+    record_shadowed_limits(shared, ex);
+    counted?;
+    // 9. Forward to the upstream with the caller's identity headers (502/504; 413/400 for a bad unsized body).
     let trusted = is_trusted(policy, conn.peer.ip());
     let (traceparent, started_trace) = traceparent(req.headers());
     let fwd = Forwarded {
@@ -164,6 +201,7 @@ async fn run_stages(
         request_id: &ex.request_id,
         traceparent,
         started_trace,
+        principal: ex.principal.as_deref(),
     };
     let timer = shared.metrics.upstream_timer(&route.name);
     // Looked up only for shadow-mode limits: the one case that counts an over-limit unsized body.
@@ -177,8 +215,60 @@ async fn run_stages(
         upstream::forward(&shared.client, policy, &route, req, fwd, shadow_body).await?;
     timer.observe(forwarded.upstream_time.as_secs_f64());
     ex.upstream_time = Some(forwarded.upstream_time);
-    // 7. Response hardening happens in `handle`, for this response and every rejection alike.
+    // 10. Response hardening happens in `handle`, for this response and every rejection alike.
     Ok(forwarded.response)
+}
+
+/// Stage 6 with its bookkeeping: the decision is counted, and in shadow mode a refusal lets the
+/// request go on without a caller.
+fn authenticate(
+    shared: &Shared,
+    policy: &Policy,
+    route: &Route,
+    req: &Request<Incoming>,
+    ex: &mut Exchange,
+) -> Result<Option<Arc<Principal>>, Rejection> {
+    if route.auth.require == crate::policy::Requirement::None {
+        return Ok(None);
+    }
+    let verifier = Verifier {
+        policy,
+        keys: &shared.keys,
+        cache: &shared.tokens,
+        now: SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    };
+    let verdict = stage::authn::authenticate(&verifier, &route.auth, req.headers(), req.uri());
+    record_auth(shared, route, &verdict, route.auth.mode);
+    match (verdict, route.auth.mode) {
+        (Ok(p), _) => Ok(p),
+        (Err(r), Mode::Enforce) => Err(r),
+        (Err(r), Mode::Shadow) => {
+            record_shadow(shared, ex, &r.reason());
+            Ok(None)
+        }
+    }
+}
+
+/// `ward_auth_decisions_total{route,result,reason}`.
+fn record_auth<T>(shared: &Shared, route: &Route, verdict: &Result<T, Rejection>, mode: Mode) {
+    let (result, reason) = match verdict {
+        Ok(_) => ("allow", "ok".to_owned()),
+        Err(r) if mode == Mode::Shadow => ("shadow", r.reason()),
+        Err(r) => ("deny", r.reason()),
+    };
+    shared
+        .metrics
+        .auth_decisions
+        .with_label_values(&[&route.name, result, &reason])
+        .inc();
+}
+
+fn record_shadowed_limits(shared: &Shared, ex: &mut Exchange) {
+    for name in std::mem::take(&mut ex.permit.shadowed) {
+        record_shadow(shared, ex, &format!("rate_limited:{name}"));
+    }
 }
 
 /// In `shadow` mode a refusal is logged and counted as "would have blocked", then let through.
@@ -218,8 +308,10 @@ fn harden(policy: &Policy, ex: &Exchange, origin: Option<&HeaderValue>, h: &mut 
     if let (Some(route), false) = (&ex.route, ex.preflight_answered) {
         stage::cors::decorate(route, origin, h);
     }
-    for (n, v) in &ex.rate_headers {
-        h.insert(n.clone(), v.clone());
+    if let Some(route) = &ex.route {
+        for (n, v) in ex.permit.headers(route) {
+            h.insert(n, v);
+        }
     }
     h.insert(
         HeaderName::from_static("x-request-id"),
@@ -232,17 +324,13 @@ pub fn problem(rejection: &Rejection, request_id: &HeaderValue) -> Response<Prox
     let body = rejection.body(request_id.to_str().unwrap_or("-"));
     let mut r = Response::new(upstream::full(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(
+    let h = r.headers_mut();
+    h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/problem+json"),
     );
-    if matches!(
-        rejection,
-        Rejection::BodyTooLarge | Rejection::BadBody | Rejection::RequestTimeout
-    ) {
-        // The body was not read to its end, so the connection cannot carry another request.
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    for (n, v) in rejection.headers() {
+        h.insert(n, v);
     }
     r
 }

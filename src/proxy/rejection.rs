@@ -1,11 +1,16 @@
 //! `Rejection`: every way the proxy answers a request by itself. It is the only type that turns
 //! into a proxy-made response, through one exhaustive `match` (no `_` arm: a new variant forces
-//! a decision on its status and problem type). Bodies are RFC 9457 `application/problem+json`
-//! with a stable `type`, a short title and the request id; causes go to the logs only.
+//! a decision on its status, problem type and extra headers). Bodies are RFC 9457
+//! `application/problem+json` with a stable `type`, a short title and the request id; causes go to
+//! the logs only. A refused credential gets the same body whatever the cause, so an attacker learns
+//! nothing from it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{header, HeaderName, HeaderValue, StatusCode};
+
+use crate::identity::jwt::TokenFault;
 
 /// Why a framing check refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +44,56 @@ impl FramingFault {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Why authentication refused a request (all 401).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFault {
+    /// No credentials on a route that requires them.
+    Missing,
+    /// Two Authorization headers, a token in the query string where not allowed, a bearer
+    /// token and an API key together, or a scheme other than Bearer.
+    AmbiguousCredentials,
+    /// A bearer token that did not verify.
+    Token(TokenFault),
+    /// A bearer token from no issuer the route accepts.
+    UnknownIssuer,
+    /// An API key that matches no stored hash.
+    UnknownApiKey,
+}
+
+impl AuthFault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFault::Missing => "missing",
+            AuthFault::AmbiguousCredentials => "ambiguous_credentials",
+            AuthFault::Token(t) => t.as_str(),
+            AuthFault::UnknownIssuer => "unknown_issuer",
+            AuthFault::UnknownApiKey => "unknown_api_key",
+        }
+    }
+}
+
+/// Which authorization rule refused a request (all 403).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forbidden {
+    Role,
+    Scope,
+    Claim,
+    Tenant,
+}
+
+impl Forbidden {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Forbidden::Role => "role",
+            Forbidden::Scope => "scope",
+            Forbidden::Claim => "claim",
+            Forbidden::Tenant => "tenant",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, strum::EnumDiscriminants)]
+#[strum_discriminants(name(RejectionKind), derive(strum::EnumIter))]
 pub enum Rejection {
     Framing(FramingFault),
     BadBody,
@@ -54,14 +108,27 @@ pub enum Rejection {
     UnsupportedMediaType,
     BodyTooLarge,
     RateLimited {
-        limit: std::sync::Arc<str>,
+        limit: Arc<str>,
+        retry_after: Duration,
+    },
+    /// A limit whose store (Redis) is unavailable, with `on_redis_error: deny`.
+    RateLimitUnavailable {
+        limit: Arc<str>,
         retry_after: Duration,
     },
     CorsDenied,
+    Unauthorized(AuthFault),
+    Forbidden(Forbidden),
+    /// The keys that would verify the token have never loaded (the issuer's JWKS URL has not
+    /// answered since start): not the client's fault, so 503 and not 401.
+    AuthUnavailable,
     UpstreamUnavailable,
     UpstreamTimeout,
-    ShuttingDown,
 }
+
+const BEARER: HeaderValue = HeaderValue::from_static("Bearer realm=\"ward\"");
+const BEARER_INVALID: HeaderValue =
+    HeaderValue::from_static("Bearer realm=\"ward\", error=\"invalid_token\"");
 
 impl Rejection {
     /// Status, stable problem slug and title.
@@ -124,10 +191,40 @@ impl Rejection {
                 "rate-limited",
                 "Too many requests",
             ),
+            Rejection::RateLimitUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "rate-limit-unavailable",
+                "Rate limiting is temporarily unavailable",
+            ),
             Rejection::CorsDenied => (
                 StatusCode::FORBIDDEN,
                 "cors-denied",
                 "Cross-origin request not allowed",
+            ),
+            Rejection::Unauthorized(AuthFault::Missing) => (
+                StatusCode::UNAUTHORIZED,
+                "authentication-required",
+                "Authentication required",
+            ),
+            Rejection::Unauthorized(
+                AuthFault::AmbiguousCredentials
+                | AuthFault::Token(_)
+                | AuthFault::UnknownIssuer
+                | AuthFault::UnknownApiKey,
+            ) => (
+                StatusCode::UNAUTHORIZED,
+                "invalid-credentials",
+                "Invalid or expired credentials",
+            ),
+            Rejection::Forbidden(_) => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Not allowed for this caller",
+            ),
+            Rejection::AuthUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "auth-unavailable",
+                "Authentication is temporarily unavailable",
             ),
             Rejection::UpstreamUnavailable => (
                 StatusCode::BAD_GATEWAY,
@@ -139,20 +236,75 @@ impl Rejection {
                 "upstream-timeout",
                 "Upstream timed out",
             ),
-            Rejection::ShuttingDown => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting-down",
-                "Proxy is shutting down",
-            ),
         }
     }
 
-    /// The reason logged with the decision.
+    /// Headers this answer carries besides the problem body's: RFC 6750 `WWW-Authenticate` on a
+    /// 401, `Retry-After` on a 429 or 503, `Connection: close` when the request body was not
+    /// read to its end (the connection cannot carry another request).
+    pub fn headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        let retry = |d: &Duration| {
+            let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+            (header::RETRY_AFTER, HeaderValue::from(secs.max(1)))
+        };
+        let close = || (header::CONNECTION, HeaderValue::from_static("close"));
+        match self {
+            Rejection::RateLimited { retry_after, .. }
+            | Rejection::RateLimitUnavailable { retry_after, .. } => vec![retry(retry_after)],
+            Rejection::AuthUnavailable => vec![retry(&Duration::from_secs(5))],
+            Rejection::Unauthorized(AuthFault::Missing) => {
+                vec![(header::WWW_AUTHENTICATE, BEARER)]
+            }
+            Rejection::Unauthorized(
+                AuthFault::AmbiguousCredentials
+                | AuthFault::Token(_)
+                | AuthFault::UnknownIssuer
+                | AuthFault::UnknownApiKey,
+            ) => vec![(header::WWW_AUTHENTICATE, BEARER_INVALID)],
+            Rejection::BodyTooLarge | Rejection::BadBody | Rejection::RequestTimeout => {
+                vec![close()]
+            }
+            Rejection::Framing(_)
+            | Rejection::NoRoute
+            | Rejection::Denied(_)
+            | Rejection::MethodNotAllowed
+            | Rejection::UriTooLong
+            | Rejection::TooManyHeaders
+            | Rejection::HeaderTooLarge
+            | Rejection::HeadersTooLarge
+            | Rejection::UnsupportedMediaType
+            | Rejection::CorsDenied
+            | Rejection::Forbidden(_)
+            | Rejection::UpstreamUnavailable
+            | Rejection::UpstreamTimeout => Vec::new(),
+        }
+    }
+
+    /// The reason logged with the decision (and the shadow rule name).
     pub fn reason(&self) -> String {
         match self {
             Rejection::Framing(f) => format!("framing:{}", f.as_str()),
             Rejection::RateLimited { limit, .. } => format!("rate_limited:{limit}"),
-            other => other.parts().1.to_owned(),
+            Rejection::RateLimitUnavailable { limit, .. } => {
+                format!("rate_limit_unavailable:{limit}")
+            }
+            Rejection::Unauthorized(f) => format!("unauthorized:{}", f.as_str()),
+            Rejection::Forbidden(f) => format!("forbidden:{}", f.as_str()),
+            Rejection::BadBody
+            | Rejection::RequestTimeout
+            | Rejection::NoRoute
+            | Rejection::Denied(_)
+            | Rejection::MethodNotAllowed
+            | Rejection::UriTooLong
+            | Rejection::TooManyHeaders
+            | Rejection::HeaderTooLarge
+            | Rejection::HeadersTooLarge
+            | Rejection::UnsupportedMediaType
+            | Rejection::BodyTooLarge
+            | Rejection::CorsDenied
+            | Rejection::AuthUnavailable
+            | Rejection::UpstreamUnavailable
+            | Rejection::UpstreamTimeout => self.parts().1.to_owned(),
         }
     }
 
@@ -172,6 +324,39 @@ impl Rejection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strum::IntoEnumIterator;
+
+    /// One value of each kind; the match has no `_` arm, so a new variant must be added here.
+    fn example(kind: RejectionKind) -> Rejection {
+        match kind {
+            RejectionKind::Framing => Rejection::Framing(FramingFault::BareLineFeed),
+            RejectionKind::BadBody => Rejection::BadBody,
+            RejectionKind::RequestTimeout => Rejection::RequestTimeout,
+            RejectionKind::NoRoute => Rejection::NoRoute,
+            RejectionKind::Denied => Rejection::Denied(StatusCode::FORBIDDEN),
+            RejectionKind::MethodNotAllowed => Rejection::MethodNotAllowed,
+            RejectionKind::UriTooLong => Rejection::UriTooLong,
+            RejectionKind::TooManyHeaders => Rejection::TooManyHeaders,
+            RejectionKind::HeaderTooLarge => Rejection::HeaderTooLarge,
+            RejectionKind::HeadersTooLarge => Rejection::HeadersTooLarge,
+            RejectionKind::UnsupportedMediaType => Rejection::UnsupportedMediaType,
+            RejectionKind::BodyTooLarge => Rejection::BodyTooLarge,
+            RejectionKind::RateLimited => Rejection::RateLimited {
+                limit: "x".into(),
+                retry_after: Duration::from_millis(1500),
+            },
+            RejectionKind::RateLimitUnavailable => Rejection::RateLimitUnavailable {
+                limit: "x".into(),
+                retry_after: Duration::from_secs(2),
+            },
+            RejectionKind::CorsDenied => Rejection::CorsDenied,
+            RejectionKind::Unauthorized => Rejection::Unauthorized(AuthFault::Missing),
+            RejectionKind::Forbidden => Rejection::Forbidden(Forbidden::Role),
+            RejectionKind::AuthUnavailable => Rejection::AuthUnavailable,
+            RejectionKind::UpstreamUnavailable => Rejection::UpstreamUnavailable,
+            RejectionKind::UpstreamTimeout => Rejection::UpstreamTimeout,
+        }
+    }
 
     #[test]
     fn problem_bodies_carry_type_status_and_request_id_only() {
@@ -184,32 +369,66 @@ mod tests {
     }
 
     #[test]
-    fn every_rejection_has_an_error_status() {
-        let all = [
-            Rejection::Framing(FramingFault::BareLineFeed),
-            Rejection::BadBody,
-            Rejection::RequestTimeout,
-            Rejection::NoRoute,
-            Rejection::Denied(StatusCode::FORBIDDEN),
-            Rejection::MethodNotAllowed,
-            Rejection::UriTooLong,
-            Rejection::TooManyHeaders,
-            Rejection::HeaderTooLarge,
-            Rejection::HeadersTooLarge,
-            Rejection::UnsupportedMediaType,
-            Rejection::BodyTooLarge,
-            Rejection::RateLimited {
-                limit: "x".into(),
-                retry_after: Duration::from_secs(1),
-            },
-            Rejection::CorsDenied,
-            Rejection::UpstreamUnavailable,
-            Rejection::UpstreamTimeout,
-            Rejection::ShuttingDown,
-        ];
-        for r in all {
-            let s = r.parts().0;
+    fn every_rejection_has_an_error_status_and_a_distinct_problem_type() {
+        let mut slugs = std::collections::HashSet::new();
+        for kind in RejectionKind::iter() {
+            let r = example(kind);
+            assert_eq!(RejectionKind::from(&r), kind);
+            let (s, slug, title) = r.parts();
             assert!(s.is_client_error() || s.is_server_error(), "{r:?}");
+            assert!(!title.is_empty());
+            assert!(
+                slugs.insert(slug) || kind == RejectionKind::Unauthorized,
+                "{slug}"
+            );
         }
+    }
+
+    #[test]
+    fn refusals_carry_the_headers_their_status_needs() {
+        for kind in RejectionKind::iter() {
+            let r = example(kind);
+            let h = r.headers();
+            let has = |n: &HeaderName| h.iter().any(|(k, _)| k == n);
+            let status = r.parts().0;
+            assert_eq!(
+                has(&header::WWW_AUTHENTICATE),
+                status == StatusCode::UNAUTHORIZED,
+                "{r:?}"
+            );
+            assert_eq!(
+                has(&header::RETRY_AFTER),
+                status == StatusCode::TOO_MANY_REQUESTS
+                    || status == StatusCode::SERVICE_UNAVAILABLE,
+                "{r:?}"
+            );
+        }
+        let h = Rejection::RateLimited {
+            limit: "x".into(),
+            retry_after: Duration::from_millis(1500),
+        }
+        .headers();
+        assert_eq!(h[0].1, "2", "Retry-After rounds up");
+        let invalid = Rejection::Unauthorized(AuthFault::Token(TokenFault::Expired)).headers();
+        assert_eq!(
+            invalid[0].1,
+            "Bearer realm=\"ward\", error=\"invalid_token\""
+        );
+    }
+
+    #[test]
+    fn every_invalid_credential_gets_the_same_answer() {
+        let faults = [
+            AuthFault::AmbiguousCredentials,
+            AuthFault::Token(TokenFault::BadSignature),
+            AuthFault::Token(TokenFault::Expired),
+            AuthFault::UnknownIssuer,
+            AuthFault::UnknownApiKey,
+        ];
+        let bodies: std::collections::HashSet<String> = faults
+            .iter()
+            .map(|f| Rejection::Unauthorized(*f).body("same"))
+            .collect();
+        assert_eq!(bodies.len(), 1);
     }
 }

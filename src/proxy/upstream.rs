@@ -59,6 +59,8 @@ pub struct Forwarded<'a> {
     pub request_id: &'a HeaderValue,
     pub traceparent: HeaderValue,
     pub started_trace: bool,
+    /// The verified caller, sent upstream in the policy's identity headers.
+    pub principal: Option<&'a crate::identity::Principal>,
 }
 
 pub struct Forwarding {
@@ -146,6 +148,7 @@ pub async fn forward(
     if fwd.started_trace {
         h.remove("tracestate");
     }
+    identity_headers(policy, fwd.principal, h);
     headers::apply(&route.request_headers, h);
     let upstream_req = Request::from_parts(parts, body);
 
@@ -169,6 +172,40 @@ pub async fn forward(
         response,
         upstream_time,
     })
+}
+
+/// Identity headers are ward's alone: client-sent copies (and the API key, a secret the upstream
+/// does not need) are removed on every route; the verified caller's subject, tenant, roles and
+/// auth method are set when there is one.
+fn identity_headers(
+    policy: &Policy,
+    principal: Option<&crate::identity::Principal>,
+    h: &mut http::HeaderMap,
+) {
+    let names = &policy.identity.headers;
+    for n in names.all() {
+        h.remove(n);
+    }
+    if let Some(keys) = &policy.identity.api_keys {
+        h.remove(&keys.header);
+    }
+    let Some(p) = principal else { return };
+    let mut set = |name: &http::HeaderName, value: &str| match HeaderValue::from_str(value) {
+        Ok(v) => {
+            h.insert(name.clone(), v);
+        }
+        Err(_) => {
+            tracing::warn!(header = %name, "identity value is not a valid header value; not sent")
+        }
+    };
+    set(&names.subject, &p.subject);
+    if let Some(t) = &p.tenant {
+        set(&names.tenant, t);
+    }
+    if !p.roles.is_empty() {
+        set(&names.roles, &p.roles.join(","));
+    }
+    set(&names.method, p.method.as_str());
 }
 
 /// A request body in shadow mode: streams, and remembers once that it went over the limit.

@@ -106,6 +106,47 @@ impl TestDb {
         }
     }
 
+    /// Set a column to a value its CHECK constraint refuses, as a hand edit or a newer version
+    /// of the service could leave it: `UPDATE {table} SET {column} = '{value}' WHERE {condition}`.
+    /// Returns the rows changed.
+    pub async fn write_unchecked(
+        &self,
+        table: &str,
+        column: &str,
+        value: &str,
+        condition: &str,
+    ) -> u64 {
+        let update = format!("UPDATE {table} SET {column} = '{value}' WHERE {condition}");
+        match self.kind {
+            Kind::Sqlite => {
+                let mut c = sqlx::SqliteConnection::connect(&self.url).await.unwrap();
+                sqlx::query("PRAGMA ignore_check_constraints = ON")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                sqlx::query(&update)
+                    .execute(&mut c)
+                    .await
+                    .unwrap()
+                    .rows_affected()
+            }
+            Kind::Postgres => {
+                let mut c = sqlx::PgConnection::connect(&self.url).await.unwrap();
+                sqlx::query(&format!(
+                    "ALTER TABLE {table} DROP CONSTRAINT {table}_{column}_check"
+                ))
+                .execute(&mut c)
+                .await
+                .unwrap();
+                sqlx::query(&update)
+                    .execute(&mut c)
+                    .await
+                    .unwrap()
+                    .rows_affected()
+            }
+        }
+    }
+
     /// The raw bytes of one column of one row, as stored.
     pub async fn raw_bytes(&self, sql: &str) -> Vec<u8> {
         use sqlx::Row;

@@ -262,6 +262,7 @@ pub async fn start_in(
                 policy: store,
                 certs,
                 metrics: Metrics::new(),
+                redis: None,
                 drain_timeout: opts.drain_timeout,
             },
             async {

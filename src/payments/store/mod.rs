@@ -1,9 +1,14 @@
 //! Persistence: one store interface ([`Store`]), two implementations (SQLite and PostgreSQL).
 //!
-//! The SQL lives once in `ops.rs` and is compiled into both `sqlite` and `postgres` with their own
+//! The SQL lives once in `sql/` and is compiled into both `sqlite` and `postgres` with their own
 //! pool and transaction types; it sticks to what both engines accept (`$n` parameters, BIGINT
 //! unix-millisecond timestamps, TEXT ids, `ON CONFLICT`, `RETURNING`). Every change and its audit
 //! record are written in one transaction. Migrations are embedded and applied by [`Store::connect`].
+//!
+//! Rows are typed: roles are [`Role`]s and statuses [`PaymentStatus`]es. A value the types do not
+//! know is [`StoreError::Corrupt`], naming the column and the value, never a default. Status moves
+//! are checked with the state machine in `domain::payment`, failed logins counted with
+//! `domain::lockout`, both inside the transaction that writes them.
 //! This module knows nothing about HTTP or tokens.
 
 pub mod postgres;
@@ -11,7 +16,10 @@ pub mod sqlite;
 
 use std::time::Duration;
 
+use crate::identity::Role;
 use crate::payments::audit::{AuditEvent, AuditRecord, ChainBreak};
+use crate::payments::domain::lockout::LockoutPolicy;
+use crate::payments::domain::payment::{IllegalTransition, PaymentStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -25,8 +33,9 @@ pub enum StoreError {
     Duplicate(&'static str),
     #[error("unsupported database URL (expected sqlite:// or postgres://)")]
     UnsupportedUrl,
-    #[error("stored data is inconsistent: {0}")]
-    Corrupt(String),
+    /// A stored value the service does not know: edited by hand, or written by a newer version.
+    #[error("stored data is inconsistent: {column} holds {value:?}")]
+    Corrupt { column: &'static str, value: String },
 }
 
 impl StoreError {
@@ -57,7 +66,7 @@ pub struct NewUser {
     pub id: String,
     pub tenant_id: String,
     pub email: String,
-    pub role: String,
+    pub role: Role,
     pub password_hash: String,
 }
 
@@ -67,17 +76,9 @@ pub struct UserAuth {
     pub id: String,
     pub tenant_id: String,
     pub email: String,
-    pub role: String,
+    pub role: Role,
     pub password_hash: String,
     pub locked_until: Option<i64>,
-}
-
-/// Account lockout rule: `max_failures` within `window` lock the account for `duration`.
-#[derive(Debug, Clone, Copy)]
-pub struct LockoutPolicy {
-    pub max_failures: i64,
-    pub window: Duration,
-    pub duration: Duration,
 }
 
 /// A new session with its first refresh token (stored as a hash only).
@@ -93,7 +94,7 @@ pub enum RefreshOutcome {
     Rotated {
         user_id: String,
         tenant_id: String,
-        role: String,
+        role: Role,
         session_id: String,
     },
     /// An already-used token was presented: the whole family is now revoked.
@@ -111,7 +112,7 @@ pub struct PaymentRow {
     pub payer_masked: String,
     pub payer_ciphertext: Vec<u8>,
     pub payer_key_id: String,
-    pub status: String,
+    pub status: PaymentStatus,
     pub created_by: String,
     pub created_at: i64,
     pub updated_at: i64,
@@ -135,24 +136,24 @@ pub enum IdempotentOutcome {
 pub enum TransitionOutcome {
     Moved(Box<PaymentRow>),
     NotFound,
-    Illegal { from: String },
+    Illegal(IllegalTransition),
     Replayed,
 }
 
-/// A status change: which statuses it may start from, where it goes, and what to record.
+/// A status change: where the payment should go, and what to record. Whether it may go there
+/// from its current status is the state machine's decision, taken by the store.
 #[derive(Debug, Clone)]
 pub struct Transition {
     pub payment_id: String,
     /// `None` for PSP webhooks, which know only the payment id.
     pub tenant_id: Option<String>,
-    pub from: &'static [&'static str],
-    pub to: &'static str,
+    pub to: PaymentStatus,
     pub webhook_event_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct PaymentFilter {
-    pub status: Option<String>,
+    pub status: Option<PaymentStatus>,
     /// Keyset cursor: (created_at, id) of the last item of the previous page.
     pub after: Option<(i64, String)>,
     pub limit: i64,

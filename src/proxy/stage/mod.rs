@@ -1,6 +1,8 @@
 //! The pipeline's stages, each a plain function that checks one concern and returns evidence or
 //! a `Rejection`. The order lives in `pipeline::run_stages`, not here.
 
+pub mod authn;
+pub mod authz;
 pub mod cors;
 pub mod framing;
 pub mod headers;

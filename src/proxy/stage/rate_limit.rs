@@ -1,144 +1,400 @@
-//! Stage 4, rate limits (429). Runs before any expensive check, so a flood costs a hash lookup.
-//! Every limit of the route is counted; the request is refused if any enforced limit refuses.
-//! The returned headers go on every response of a limited route: the IETF `RateLimit-Policy` /
-//! `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers) and `X-RateLimit-*` for older clients,
-//! describing the limit with the fewest requests left.
+//! Rate limits, counted in two places of the pipeline:
+//!
+//! - stage 4, before authentication, the limits keyed by the connection and the request (client
+//!   IP, IP and User-Agent, route, a header): a flood of forged tokens is refused here and costs
+//!   no signature check;
+//! - stage 8, after authorization, the limits keyed by the verified caller (subject, tenant, API
+//!   key id) and an API key's own limit.
+//!
+//! Both add to one [`Permit`], whose tightest enforced decision becomes the RateLimit headers of
+//! the response: the IETF `RateLimit-Policy` / `RateLimit` fields
+//! (draft-ietf-httpapi-ratelimit-headers) and `X-RateLimit-*` for older clients. The request is
+//! refused (429) if any enforced limit refuses; a limit whose shared store is down follows its
+//! fallback (count locally, or 503).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::{header, HeaderName, HeaderValue, Request};
+use http::{header, HeaderMap, HeaderName, HeaderValue};
 
-use crate::limit::{Decision, Limiter, Quota};
-use crate::policy::{Mode, RateKey, Route};
+use crate::identity::{AuthMethod, Principal};
+use crate::limit::{Checked, Decision, Limiter, Quota, Source, Unavailable};
+use crate::policy::{Mode, Policy, RateKey, RateLimit, Route};
 use crate::proxy::rejection::Rejection;
 use crate::telemetry::Metrics;
 
-/// Headers to add to the response, and the shadow-mode limits that would have refused.
-#[derive(Debug, Default)]
-pub struct Permit {
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub shadowed: Vec<std::sync::Arc<str>>,
+/// What the limiter stages need besides the request.
+pub struct Limits<'a> {
+    pub limiter: &'a Limiter,
+    pub metrics: &'a Metrics,
+    pub policy: &'a Policy,
 }
 
-pub async fn check<B>(
-    limiter: &Limiter,
-    metrics: &Metrics,
-    route: &Route,
-    req: &Request<B>,
-    client_ip: IpAddr,
-) -> (Permit, Result<(), Rejection>) {
-    let mut permit = Permit::default();
-    if route.rate_limits.is_empty() {
-        return (permit, Ok(()));
-    }
-    let mut tightest: Option<(&crate::policy::RateLimit, Decision)> = None;
-    let mut refused: Option<Rejection> = None;
-    for rl in &route.rate_limits {
-        let key = match &rl.key {
-            RateKey::Ip => format!("{}|ip|{client_ip}", rl.name),
-            RateKey::IpUserAgent => {
-                let ua = req
-                    .headers()
-                    .get(header::USER_AGENT)
-                    .map(|v| v.as_bytes())
-                    .unwrap_or_default();
-                format!(
-                    "{}|ipua|{client_ip}|{}",
-                    rl.name,
-                    String::from_utf8_lossy(&ua[..ua.len().min(256)])
-                )
+/// The limits counted so far for one request.
+#[derive(Debug, Default)]
+pub struct Permit {
+    /// The enforced limit with the fewest requests left (a refusing one first).
+    tightest: Option<(Arc<str>, u32, Decision)>,
+    /// An API key's own limit, added to the route's RateLimit-Policy.
+    extra_policy: Option<String>,
+    /// Shadow-mode limits that would have refused.
+    pub shadowed: Vec<Arc<str>>,
+}
+
+impl Permit {
+    /// The RateLimit headers for the response (none when no enforced limit was counted).
+    pub fn headers(&self, route: &Route) -> Vec<(HeaderName, HeaderValue)> {
+        let Some((name, limit, d)) = &self.tightest else {
+            return Vec::new();
+        };
+        let reset = ceil_secs(d.reset_after);
+        let mut out = Vec::with_capacity(5);
+        let policy = match (&route.rate_limit_policy, &self.extra_policy) {
+            (Some(p), None) => Some(p.clone()),
+            (Some(p), Some(extra)) => {
+                HeaderValue::from_str(&format!("{}, {extra}", p.to_str().unwrap_or(""))).ok()
             }
-            RateKey::Route => format!("{}|route|{}", rl.name, route.name),
-            RateKey::Header(h) => match req.headers().get(h) {
-                Some(v) => format!(
-                    "{}|hdr|{}",
-                    rl.name,
-                    String::from_utf8_lossy(&v.as_bytes()[..v.len().min(256)])
-                ),
-                // No key header: count by IP so that leaving the header out is no way around the limit.
-                None => format!("{}|ip|{client_ip}", rl.name),
-            },
+            (None, Some(extra)) => HeaderValue::from_str(extra).ok(),
+            (None, None) => None,
         };
-        let d = limiter
-            .check(
-                &key,
-                Quota {
-                    limit: rl.limit,
-                    period: rl.period,
-                },
-            )
-            .await;
-        let decision = match (d.allowed, rl.mode) {
-            (true, _) => "allowed",
-            (false, Mode::Shadow) => "shadow_limited",
-            (false, Mode::Enforce) => "limited",
+        if let Some(p) = policy {
+            out.push((HeaderName::from_static("ratelimit-policy"), p));
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";r={};t={reset}", d.remaining)) {
+            out.push((HeaderName::from_static("ratelimit"), v));
+        }
+        out.push((
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderValue::from(*limit),
+        ));
+        out.push((
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderValue::from(d.remaining),
+        ));
+        out.push((
+            HeaderName::from_static("x-ratelimit-reset"),
+            HeaderValue::from(reset),
+        ));
+        out
+    }
+
+    fn note(&mut self, name: &Arc<str>, limit: u32, d: Decision) {
+        let tighter = self.tightest.as_ref().is_none_or(|(_, _, t)| {
+            (!d.allowed && t.allowed) || (d.allowed == t.allowed && d.remaining < t.remaining)
+        });
+        if tighter {
+            self.tightest = Some((name.clone(), limit, d));
+        }
+    }
+}
+
+/// Stage 4: the limits keyed by the connection and the request.
+pub async fn check_pre_auth(
+    ctx: &Limits<'_>,
+    route: &Route,
+    headers: &HeaderMap,
+    client_ip: IpAddr,
+    permit: &mut Permit,
+) -> Result<(), Rejection> {
+    match route.rate_limits.as_slice() {
+        [] => Ok(()),
+        [one] => {
+            let key = pre_auth_key(one, &route.name, headers, client_ip);
+            let checked = count(ctx, one, &key, quota(one)).await;
+            settle(ctx, [(one, checked)], permit)
+        }
+        many => {
+            let checks = many.iter().map(|rl| async move {
+                let key = pre_auth_key(rl, &route.name, headers, client_ip);
+                (rl, count(ctx, rl, &key, quota(rl)).await)
+            });
+            settle(ctx, futures_util::future::join_all(checks).await, permit)
+        }
+    }
+}
+
+/// Stage 8: the limits keyed by the verified caller, and an API key's own limit.
+pub async fn check_identity(
+    ctx: &Limits<'_>,
+    route: &Route,
+    principal: Option<&Principal>,
+    client_ip: IpAddr,
+    permit: &mut Permit,
+) -> Result<(), Rejection> {
+    let own = principal.and_then(|p| api_key_limit(ctx.policy, p));
+    if route.identity_rate_limits.is_empty() && own.is_none() {
+        return Ok(());
+    }
+    let checks = route.identity_rate_limits.iter().map(|rl| async move {
+        let key = identity_key(rl, principal, client_ip);
+        (rl, count(ctx, rl, &key, quota(rl)).await)
+    });
+    let mut results = futures_util::future::join_all(checks).await;
+    let own_result;
+    if let Some((rl, id)) = &own {
+        permit.extra_policy = Some(rl.policy_item.clone());
+        let key = format!("{}|key|{id}", rl.name);
+        own_result = count(ctx, rl, &key, quota(rl)).await;
+        results.push((rl, own_result));
+    }
+    settle(ctx, results, permit)
+}
+
+fn quota(rl: &RateLimit) -> Quota {
+    Quota {
+        limit: rl.limit,
+        period: rl.period,
+    }
+}
+
+async fn count(
+    ctx: &Limits<'_>,
+    rl: &RateLimit,
+    key: &str,
+    quota: Quota,
+) -> Result<Checked, Unavailable> {
+    ctx.limiter
+        .check(key, quota, rl.fallback, &ctx.policy.server.redis)
+        .await
+}
+
+/// Records every decision, fills the permit, and refuses if an enforced limit refused.
+fn settle<'r>(
+    ctx: &Limits<'_>,
+    results: impl IntoIterator<Item = (&'r RateLimit, Result<Checked, Unavailable>)>,
+    permit: &mut Permit,
+) -> Result<(), Rejection> {
+    let mut refused: Option<Rejection> = None;
+    for (rl, result) in results {
+        let label = |decision: &str| {
+            ctx.metrics
+                .rate_limit_decisions
+                .with_label_values(&[&rl.name, decision])
+                .inc();
         };
-        metrics
-            .rate_limit_decisions
-            .with_label_values(&[&rl.name, decision])
-            .inc();
-        if !d.allowed {
-            match rl.mode {
-                Mode::Shadow => permit.shadowed.push(rl.name.clone()),
-                Mode::Enforce => {
-                    let retry = refused.as_ref().map_or(Duration::ZERO, |r| match r {
-                        Rejection::RateLimited { retry_after, .. } => *retry_after,
-                        _ => Duration::ZERO,
+        let checked = match result {
+            Ok(c) => c,
+            Err(Unavailable { retry_after }) => {
+                label("unavailable");
+                if rl.mode == Mode::Enforce && refused.is_none() {
+                    refused = Some(Rejection::RateLimitUnavailable {
+                        limit: rl.name.clone(),
+                        retry_after,
                     });
-                    if refused.is_none() || d.retry_after > retry {
-                        refused = Some(Rejection::RateLimited {
-                            limit: rl.name.clone(),
-                            retry_after: d.retry_after,
-                        });
+                }
+                continue;
+            }
+        };
+        if checked.source == Source::LocalFallback {
+            ctx.metrics
+                .rate_limit_fallbacks
+                .with_label_values(&[&rl.name])
+                .inc();
+        }
+        let d = checked.decision;
+        match (d.allowed, rl.mode) {
+            (true, _) => label("allowed"),
+            (false, Mode::Shadow) => {
+                label("shadow_limited");
+                permit.shadowed.push(rl.name.clone());
+            }
+            (false, Mode::Enforce) => {
+                label("limited");
+                let later = match &refused {
+                    Some(Rejection::RateLimited { retry_after, .. }) => {
+                        d.retry_after > *retry_after
                     }
+                    Some(_) => false,
+                    None => true,
+                };
+                if later {
+                    refused = Some(Rejection::RateLimited {
+                        limit: rl.name.clone(),
+                        retry_after: d.retry_after,
+                    });
                 }
             }
         }
-        if rl.mode == Mode::Enforce
-            && tightest
-                .as_ref()
-                .is_none_or(|(_, t)| d.remaining < t.remaining || (!d.allowed && t.allowed))
-        {
-            tightest = Some((rl, d));
+        if rl.mode == Mode::Enforce {
+            permit.note(&rl.name, rl.limit, d);
         }
     }
-    let policies: Vec<&str> = route
-        .rate_limits
-        .iter()
-        .filter(|r| r.mode == Mode::Enforce)
-        .map(|r| r.policy_item.as_str())
-        .collect();
-    if let Some((rl, d)) = tightest {
-        let reset = ceil_secs(d.reset_after);
-        let mut push = |name: &'static str, value: String| {
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                permit.headers.push((HeaderName::from_static(name), v));
-            }
-        };
-        push("ratelimit-policy", policies.join(", "));
-        push(
-            "ratelimit",
-            format!("\"{}\";r={};t={}", rl.name, d.remaining, reset),
-        );
-        push("x-ratelimit-limit", rl.limit.to_string());
-        push("x-ratelimit-remaining", d.remaining.to_string());
-        push("x-ratelimit-reset", reset.to_string());
-        if !d.allowed {
-            push("retry-after", ceil_secs(d.retry_after).max(1).to_string());
+    refused.map_or(Ok(()), Err)
+}
+
+/// The counter key of a limit counted before authentication. Header values and User-Agents are
+/// cut to 256 bytes; a missing key header counts by IP, so leaving it out is no way around.
+pub fn pre_auth_key(rl: &RateLimit, route: &str, headers: &HeaderMap, client_ip: IpAddr) -> String {
+    let cut = |v: &[u8]| String::from_utf8_lossy(&v[..v.len().min(256)]).into_owned();
+    match &rl.key {
+        RateKey::Ip => format!("{}|ip|{client_ip}", rl.name),
+        RateKey::IpUserAgent => {
+            let ua = headers
+                .get(header::USER_AGENT)
+                .map(|v| v.as_bytes())
+                .unwrap_or_default();
+            format!("{}|ipua|{client_ip}|{}", rl.name, cut(ua))
+        }
+        RateKey::Route => format!("{}|route|{route}", rl.name),
+        RateKey::Header(h) => match headers.get(h) {
+            Some(v) => format!("{}|hdr|{}", rl.name, cut(v.as_bytes())),
+            None => format!("{}|ip|{client_ip}", rl.name),
+        },
+        // Identity keys are counted in stage 8; compile keeps them out of this list.
+        RateKey::Subject | RateKey::Tenant | RateKey::ApiKey => {
+            format!("{}|ip|{client_ip}", rl.name)
         }
     }
-    if let Some(Rejection::RateLimited { retry_after, .. }) = &refused {
-        if !permit.headers.iter().any(|(n, _)| n == header::RETRY_AFTER) {
-            permit.headers.push((
-                header::RETRY_AFTER,
-                HeaderValue::from(ceil_secs(*retry_after).max(1)),
-            ));
-        }
+}
+
+/// The counter key of a limit counted by the verified caller. Without a caller (optional
+/// authentication, or a shadow-mode refusal) the request counts by IP; a caller without a tenant
+/// counts by subject, and a caller that is not an API key by subject.
+pub fn identity_key(rl: &RateLimit, principal: Option<&Principal>, client_ip: IpAddr) -> String {
+    let cut = |s: &str| s.chars().take(256).collect::<String>();
+    let Some(p) = principal else {
+        return format!("{}|ip|{client_ip}", rl.name);
+    };
+    match (&rl.key, &p.tenant, &p.method) {
+        (RateKey::Tenant, Some(t), _) => format!("{}|tenant|{}", rl.name, cut(t)),
+        (RateKey::ApiKey, _, AuthMethod::ApiKey { id }) => format!("{}|key|{id}", rl.name),
+        _ => format!("{}|sub|{}", rl.name, cut(&p.subject)),
     }
-    (permit, refused.map_or(Ok(()), Err))
+}
+
+/// An API key's own limit, as a rate limit named `api_key` counted per key id.
+fn api_key_limit(policy: &Policy, p: &Principal) -> Option<(RateLimit, Arc<str>)> {
+    let AuthMethod::ApiKey { id } = &p.method else {
+        return None;
+    };
+    let table = policy.identity.api_keys.as_ref()?;
+    let key = table.keys.keys.iter().find(|k| k.id == *id)?;
+    let (limit, period) = key.rate_limit?;
+    Some((
+        RateLimit {
+            name: Arc::from("api_key"),
+            key: RateKey::ApiKey,
+            limit,
+            period,
+            mode: Mode::Enforce,
+            fallback: crate::limit::Fallback::Local { share: 1.0 },
+            policy_item: format!("\"api_key\";q={limit};w={}", period.as_secs()),
+        },
+        id.clone(),
+    ))
 }
 
 fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(key: RateKey) -> RateLimit {
+        RateLimit {
+            name: Arc::from("l"),
+            key,
+            limit: 5,
+            period: Duration::from_secs(60),
+            mode: Mode::Enforce,
+            fallback: crate::limit::Fallback::Deny,
+            policy_item: String::new(),
+        }
+    }
+
+    fn principal(tenant: Option<&str>, method: AuthMethod) -> Principal {
+        Principal {
+            subject: "alice".into(),
+            tenant: tenant.map(str::to_owned),
+            roles: vec![],
+            scopes: vec![],
+            session: None,
+            token_id: None,
+            issued_at: None,
+            expires_at: None,
+            method,
+            claims: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn pre_auth_keys_come_from_the_connection_and_the_request() {
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::USER_AGENT, HeaderValue::from_static("curl/8"));
+        h.insert("x-client", HeaderValue::from_str(&"c".repeat(400)).unwrap());
+        assert_eq!(
+            pre_auth_key(&limit(RateKey::Ip), "r", &h, ip),
+            "l|ip|10.1.2.3"
+        );
+        assert_eq!(
+            pre_auth_key(&limit(RateKey::IpUserAgent), "r", &h, ip),
+            "l|ipua|10.1.2.3|curl/8"
+        );
+        assert_eq!(
+            pre_auth_key(&limit(RateKey::Route), "r", &h, ip),
+            "l|route|r"
+        );
+        let by_header = limit(RateKey::Header(HeaderName::from_static("x-client")));
+        assert_eq!(
+            pre_auth_key(&by_header, "r", &h, ip).len(),
+            "l|hdr|".len() + 256
+        );
+        let missing = limit(RateKey::Header(HeaderName::from_static("x-other")));
+        assert_eq!(pre_auth_key(&missing, "r", &h, ip), "l|ip|10.1.2.3");
+    }
+
+    #[test]
+    fn identity_keys_come_from_the_verified_caller() {
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let jwt = AuthMethod::Jwt { issuer: "i".into() };
+        let p = principal(Some("t1"), jwt.clone());
+        assert_eq!(
+            identity_key(&limit(RateKey::Tenant), Some(&p), ip),
+            "l|tenant|t1"
+        );
+        assert_eq!(
+            identity_key(&limit(RateKey::Subject), Some(&p), ip),
+            "l|sub|alice"
+        );
+        assert_eq!(
+            identity_key(&limit(RateKey::ApiKey), Some(&p), ip),
+            "l|sub|alice"
+        );
+        let no_tenant = principal(None, jwt);
+        assert_eq!(
+            identity_key(&limit(RateKey::Tenant), Some(&no_tenant), ip),
+            "l|sub|alice"
+        );
+        let key = principal(None, AuthMethod::ApiKey { id: "batch".into() });
+        assert_eq!(
+            identity_key(&limit(RateKey::ApiKey), Some(&key), ip),
+            "l|key|batch"
+        );
+        assert_eq!(
+            identity_key(&limit(RateKey::Tenant), None, ip),
+            "l|ip|10.1.2.3"
+        );
+    }
+
+    #[test]
+    fn the_tightest_decision_names_the_headers() {
+        let d = |allowed, remaining| Decision {
+            allowed,
+            remaining,
+            reset_after: Duration::from_millis(1500),
+            retry_after: Duration::ZERO,
+        };
+        let mut p = Permit::default();
+        p.note(&Arc::from("wide"), 100, d(true, 90));
+        p.note(&Arc::from("narrow"), 5, d(true, 2));
+        p.note(&Arc::from("wider"), 1000, d(true, 900));
+        assert_eq!(&*p.tightest.as_ref().unwrap().0, "narrow");
+        p.note(&Arc::from("refusing"), 10, d(false, 0));
+        p.note(&Arc::from("later"), 3, d(true, 0));
+        assert_eq!(&*p.tightest.as_ref().unwrap().0, "refusing");
+    }
 }
