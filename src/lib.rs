@@ -8,7 +8,8 @@
 //!   `watch` turns directory events (editors' renames, Kubernetes `..data` swaps) and SIGHUP
 //!   into reloads; a bad reload keeps the last good policy.
 //! - [`tls`]: certificate loading, the rustls `ServerConfig` (TLS 1.2/1.3, ALPN h2 + http/1.1),
-//!   and the `CertStore` that swaps certificates for new handshakes.
+//!   and the `CertStore` that swaps certificates for new handshakes (and reports their expiry);
+//!   `ward certs dev`'s name-constrained development CA and leaf.
 //! - [`identity`]: the token vocabulary both services speak: `Principal` (a verified caller),
 //!   `AuthMethod`, the payments service's `Role` and `AccessClaims`. Data only, no I/O.
 //! - [`limit`]: GCRA rate limiting behind the `Limiter` enum (memory now, Redis next).
@@ -32,10 +33,12 @@
 //!   `payments::store` typed rows over SQL written once for both engines; `payments::audit` the
 //!   audit actions and hash chains. It never imports `proxy`, and `proxy` never imports it.
 //! - [`demo`]: `ward demo`, the whole thing on a fresh machine with embedded defaults.
+//! - [`health`]: `ward health`, the container probe: one GET to the admin port with a deadline.
 
 #![forbid(unsafe_code)]
 
 pub mod demo;
+pub mod health;
 pub mod identity;
 pub mod keystore;
 pub mod limit;

@@ -67,6 +67,27 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Probe the admin port: exit 0 when /healthz (or /readyz) answers 200, else 1.
+    Health(ward::health::HealthArgs),
+    /// TLS material.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Write a development CA and a leaf it signed for localhost, 127.0.0.1, ::1 and each --host:
+    /// ca.crt, ca.key, tls.crt, tls.key (keys mode 600). Never overwrites. Not for production.
+    Dev {
+        /// Output directory (created, mode 700).
+        #[arg(long)]
+        out: PathBuf,
+        /// Another name or IP address for the leaf; repeatable.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -164,6 +185,14 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Apikey { command } => apikey(command),
+        Command::Health(args) => runtime(Some(1)).and_then(|rt| {
+            let status = rt.block_on(ward::health::probe(&args))?;
+            println!("{status}");
+            Ok(())
+        }),
+        Command::Certs {
+            command: CertsCommand::Dev { out, hosts },
+        } => certs_dev(&out, &hosts),
         command @ (Command::Payments { .. } | Command::Keys { .. } | Command::Audit { .. }) => {
             // The payments tools log JSON lines to stderr, keeping stdout for what they print
             // (bootstrap's one-time password, key file paths, verification results).
@@ -322,7 +351,9 @@ async fn run_payments(command: Command) -> anyhow::Result<()> {
         | Command::Check { .. }
         | Command::Explain { .. }
         | Command::Apikey { .. }
-        | Command::Schema => {
+        | Command::Schema
+        | Command::Health(_)
+        | Command::Certs { .. } => {
             unreachable!("only payments, keys and audit commands reach run_payments")
         }
     }
@@ -346,6 +377,33 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
     }
+}
+
+fn certs_dev(out: &std::path::Path, hosts: &[String]) -> anyhow::Result<()> {
+    let pki = tls::write_dev_pki(out, hosts)?;
+    println!(
+        "development CA: {} (key {})",
+        pki.ca_cert.display(),
+        pki.ca_key.display()
+    );
+    println!(
+        "certificate:    {} (key {})",
+        pki.cert.display(),
+        pki.key.display()
+    );
+    println!("names:          {}", pki.names.join(", "));
+    println!(
+        "valid for {} days; the CA ({} days) can sign only these names. Not for production.",
+        tls::DEV_LEAF_DAYS,
+        tls::DEV_CA_DAYS
+    );
+    println!(
+        "use: ward proxy --tls-cert {} --tls-key {}   and   curl --cacert {} ...",
+        pki.cert.display(),
+        pki.key.display(),
+        pki.ca_cert.display()
+    );
+    Ok(())
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {

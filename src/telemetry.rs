@@ -12,6 +12,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::tls::CertStore;
+
 /// Installs the global JSON log subscriber. `level` is an env-filter directive such as `info`.
 ///
 /// Lines are formatted on the request's thread into a shared buffer; a background thread writes
@@ -142,6 +144,7 @@ pub struct Metrics {
     pub policy_reloads: IntCounterVec,
     pub policy_info: IntGaugeVec,
     pub cert_reloads: IntCounterVec,
+    pub tls_certificate_expiry: IntGauge,
     pub tls_handshake_errors: IntCounter,
     pub open_connections: IntGauge,
     pub connections_refused: IntCounterVec,
@@ -241,6 +244,14 @@ impl Metrics {
         .expect("valid gauge");
         registry
             .register(Box::new(policy_info.clone()))
+            .expect("registered once");
+        let tls_certificate_expiry = IntGauge::new(
+            "ward_tls_certificate_expiry_timestamp_seconds",
+            "The serving certificate's notAfter, in unix seconds.",
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(tls_certificate_expiry.clone()))
             .expect("registered once");
         let tls_handshake_errors = IntCounter::new(
             "ward_tls_handshake_errors_total",
@@ -368,6 +379,7 @@ impl Metrics {
             policy_reloads,
             policy_info,
             cert_reloads,
+            tls_certificate_expiry,
             tls_handshake_errors,
             open_connections,
             connections_refused,
@@ -380,6 +392,14 @@ impl Metrics {
     pub fn set_policy(&self, hash: &str) {
         self.policy_info.reset();
         self.policy_info.with_label_values(&[hash]).set(1);
+    }
+
+    /// Records the serving certificate's expiry (at start and after each certificate reload).
+    pub fn set_certificate_expiry(&self, certs: &CertStore) {
+        match certs.not_after() {
+            Ok(t) => self.tls_certificate_expiry.set(t),
+            Err(e) => tracing::warn!(error = %e, "cannot read the serving certificate's expiry"),
+        }
     }
 
     /// The Prometheus text exposition.

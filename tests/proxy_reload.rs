@@ -222,3 +222,42 @@ async fn requests_in_flight_finish_under_the_policy_they_started_with() {
         "the in-flight request kept its snapshot"
     );
 }
+
+/// `ward_tls_certificate_expiry_timestamp_seconds` from the admin port, if present.
+async fn expiry_gauge(p: &support::Running) -> Option<i64> {
+    p.admin_get("/metrics").await.1.lines().find_map(|l| {
+        l.strip_prefix("ward_tls_certificate_expiry_timestamp_seconds ")
+            .map(|v| v.trim().parse().unwrap())
+    })
+}
+
+#[tokio::test]
+async fn certificate_expiry_gauge_follows_the_serving_certificate() {
+    let p = start(BASIC).await;
+    // The harness's first leaf keeps rcgen's default notAfter, 4096-01-01: a GeneralizedTime.
+    assert_eq!(expiry_gauge(&p).await, Some(67_090_118_400), "set at start");
+
+    // A certificate ending in 2031 encodes notAfter as a UTCTime.
+    let until = time::macros::datetime!(2031-06-01 12:00 UTC);
+    let (cert, key) = p.pki.leaf_until("short-lived", until);
+    support::write_atomically(&p.cert_paths.key, &key);
+    support::write_atomically(&p.cert_paths.cert, &cert);
+    let followed = eventually(Duration::from_secs(3), || async {
+        expiry_gauge(&p).await == Some(until.unix_timestamp())
+    })
+    .await;
+    assert!(followed, "set again when the certificate is reloaded");
+
+    // A bad file keeps the last good certificate, and the gauge keeps describing it.
+    std::fs::write(&p.cert_paths.cert, "not a certificate").unwrap();
+    assert!(
+        eventually(Duration::from_secs(3), || async {
+            p.admin_get("/metrics")
+                .await
+                .1
+                .contains(r#"ward_cert_reloads_total{result="error"}"#)
+        })
+        .await
+    );
+    assert_eq!(expiry_gauge(&p).await, Some(until.unix_timestamp()));
+}

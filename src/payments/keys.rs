@@ -87,7 +87,10 @@ pub fn read_secret_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, K
             path: path.to_path_buf(),
             source,
         })?;
-        if meta.permissions().mode() & 0o077 != 0 {
+        if !private_enough(
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            meta.permissions().mode(),
+        ) {
             return Err(KeyError::Permissions {
                 setting,
                 path: path.to_path_buf(),
@@ -99,6 +102,15 @@ pub fn read_secret_file(setting: &'static str, path: &Path) -> Result<Vec<u8>, K
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// Whether a key file's owner and mode keep it private: nothing for others, and nothing for the
+/// group either, except read access when root owns the file. That exception is how Kubernetes
+/// mounts a Secret for a non-root process (owner root, group the pod's `fsGroup`, mode 0440, whatever
+/// `defaultMode` says), and the rule PostgreSQL applies to its own server key.
+#[cfg(unix)]
+fn private_enough(uid: u32, mode: u32) -> bool {
+    mode & 0o077 == 0 || (uid == 0 && mode & 0o037 == 0)
 }
 
 /// Write a file readable only by its owner.
@@ -480,6 +492,23 @@ impl DataKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_files_must_be_private_except_root_owned_group_read() {
+        assert!(private_enough(1000, 0o100600));
+        assert!(private_enough(1000, 0o100400));
+        assert!(
+            !private_enough(1000, 0o100640),
+            "group-readable, not root's"
+        );
+        assert!(!private_enough(1000, 0o100604));
+        // a Kubernetes Secret volume with fsGroup: root-owned, group-readable
+        assert!(private_enough(0, 0o100440));
+        assert!(private_enough(0, 0o100640));
+        assert!(!private_enough(0, 0o100660), "group-writable");
+        assert!(!private_enough(0, 0o100444), "world-readable");
+        assert!(!private_enough(0, 0o100644));
+    }
 
     fn random_key() -> Vec<u8> {
         let mut b = [0u8; 32];

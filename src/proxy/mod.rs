@@ -66,6 +66,7 @@ pub enum ProxyError {
 pub async fn run(proxy: Proxy, shutdown: impl Future<Output = ()>) -> Result<(), ProxyError> {
     let first = proxy.policy.snapshot();
     proxy.metrics.set_policy(&first.hash);
+    proxy.metrics.set_certificate_expiry(&proxy.certs);
     let memory = MemoryLimiter::new(
         first.server.rate_limit_max_keys,
         proxy.metrics.rate_limit_keys_evicted.clone(),
@@ -426,6 +427,7 @@ async fn reload_certs(
         match tokio::task::spawn_blocking(move || store.reload()).await {
             Ok(Ok(true)) => {
                 metrics.cert_reloads.with_label_values(&["changed"]).inc();
+                metrics.set_certificate_expiry(&certs);
                 tracing::info!("TLS certificate reloaded");
             }
             Ok(Ok(false)) => {}

@@ -64,6 +64,20 @@ impl Pki {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A fresh leaf like [`Pki::leaf`] whose validity ends at `not_after`.
+    pub fn leaf_until(&self, cn: &str, not_after: time::OffsetDateTime) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.not_after = not_after;
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     pub fn root_store(&self) -> rustls::RootCertStore {
         use rustls_pki_types::pem::PemObject;
         let mut roots = rustls::RootCertStore::empty();
