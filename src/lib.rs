@@ -11,8 +11,15 @@
 //!   and the `CertStore` that swaps certificates for new handshakes (and reports their expiry);
 //!   `ward certs dev`'s name-constrained development CA and leaf.
 //! - [`identity`]: the token vocabulary both services speak: `Principal` (a verified caller),
-//!   `AuthMethod`, the payments service's `Role` and `AccessClaims`. Data only, no I/O.
-//! - [`limit`]: GCRA rate limiting behind the `Limiter` enum (memory now, Redis next).
+//!   `AuthMethod`, the payments service's `Role` and `AccessClaims`; and the pure verification the
+//!   proxy applies to any issuer: `keyset` (strict JWKS), `jwt` (compact JWS and claims),
+//!   `apikey` (hashed static keys). No I/O.
+//! - [`limit`]: GCRA rate limiting behind the `Limiter` enum: memory (one replica, the demo) or
+//!   Redis (every replica shares the count), fallible, with a per-limit fallback when Redis is out.
+//! - [`redis_link`]: the one Redis connection (single node or Cluster) with a deadline per call
+//!   and a circuit breaker, for every Redis-backed store.
+//! - [`keystore`]: the live JWKS keys of each issuer the policy names, beside the policy store,
+//!   fetched or watched by their own tasks, keeping the last good set.
 //! - [`proxy`]: the transport (accept, handshake, HTTP/1 framing guard, hyper-util auto server,
 //!   drain), the admin and redirect listeners, and `proxy::pipeline`, where every request runs
 //!   through the security stages in order:
@@ -20,10 +27,13 @@
 //!   1. framing (400);
 //!   2. route selection and deny routes (404 / configured 4xx);
 //!   3. request limits (405 / 414 / 431 / 415 / 413);
-//!   4. rate limits (429);
+//!   4. rate limits keyed by the connection and the request, before any signature check (429 / 503);
 //!   5. CORS preflight (204 / 403);
-//!   6. forward (502 / 504);
-//!   7. response hardening (security headers, CORS, RateLimit headers, request id) on every
+//!   6. authentication: bearer JWT or API key, the verified caller as evidence (401 / 503);
+//!   7. authorization on roles, scopes, claims and tenant, taking the caller (403);
+//!   8. rate limits keyed by the verified caller (429 / 503);
+//!   9. forward, with the caller in identity headers (502 / 504);
+//!   10. response hardening (security headers, CORS, RateLimit headers, request id) on every
 //!      response, errors included.
 //! - [`telemetry`]: JSON logs and the Prometheus metric handles.
 //! - [`payments`]: `ward payments`, the bundled upstream: token issuing with rotation, payments
