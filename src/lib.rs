@@ -34,7 +34,7 @@
 //!   8. rate limits keyed by the verified caller (429 / 503);
 //!   9. forward, with the caller in identity headers (502 / 504);
 //!   10. response hardening (security headers, CORS, RateLimit headers, request id) on every
-//!      response, errors included.
+//!       response, errors included.
 //! - [`telemetry`]: JSON logs and the Prometheus metric handles.
 //! - [`payments`]: `ward payments`, the bundled upstream: token issuing with rotation, payments
 //!   with validation and idempotency, the tenant-scoped tamper-evident audit trail, on SQLite or

@@ -878,7 +878,7 @@ mod tests {
             "{require: required, issuers: [h]}",
         ))
         .unwrap();
-        assert_eq!(ok.watched_files, [secret.clone()]);
+        assert_eq!(ok.watched_files, std::slice::from_ref(&secret));
         let inherited = format!(
             "version: 1\nupstream: {{url: http://127.0.0.1:9}}\nidentity:\n{identity}\ndefaults:\n  auth: {{issuers: [h]}}\nroutes:\n  - name: api\n    auth: {{require: required}}\n"
         );
