@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::payments;
 use crate::policy::PolicyStore;
 use crate::proxy::{self, Proxy};
+use crate::state::revocation::Revocations;
 use crate::telemetry::Metrics;
 use crate::tls::{self, CertStore};
 
@@ -45,6 +46,8 @@ pub enum DemoError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the embedded default policy has changed: the demo cannot find {0}")]
+    Template(&'static str),
     #[error(transparent)]
     Policy(#[from] crate::policy::LoadError),
     #[error(transparent)]
@@ -83,13 +86,17 @@ pub async fn run(
         })?;
     let upstream_addr = upstream.local_addr().map_err(io_err)?;
     let (stop_payments, payments_stopped) = tokio::sync::oneshot::channel::<()>();
-    let payments_task = tokio::spawn(payments::run(upstream, setup.config.clone(), async {
+    // The service revokes into the proxy's own copy: a logout is refused at the edge at once,
+    // with no Redis.
+    let revocations = Revocations::memory(metrics.revocation.clone());
+    let mut config = setup.config.clone();
+    config.revocations = Some(revocations.clone());
+    let payments_task = tokio::spawn(payments::run(upstream, config, async {
         let _ = payments_stopped.await;
     }));
 
     let policy_path = dir.join("policy.yaml");
-    let policy_text =
-        crate::DEFAULT_POLICY.replace("http://127.0.0.1:8080", &format!("http://{upstream_addr}"));
+    let policy_text = demo_policy(&upstream_addr.to_string(), &setup.internal_token_file)?;
     std::fs::write(&policy_path, policy_text).map_err(|source| DemoError::Dir {
         path: policy_path.clone(),
         source,
@@ -139,6 +146,8 @@ pub async fn run(
             certs,
             metrics,
             redis: None,
+            revocations,
+            admin_token: None,
             drain_timeout: settings.runtime.drain_timeout,
         },
         shutdown,
@@ -152,4 +161,22 @@ pub async fn run(
     }
     served?;
     Ok(())
+}
+
+/// The default policy pointed at this run's service, with security events delivered to its
+/// audit intake (the default policy leaves the sink commented out: it needs the service's token).
+fn demo_policy(upstream: &str, internal_token: &std::path::Path) -> Result<String, DemoError> {
+    const SINK: &str = "# sink: { url: http://127.0.0.1:8080/internal/v1/security-events, token_file: /run/secrets/ward/internal.token }";
+    if !crate::DEFAULT_POLICY.contains(SINK) {
+        return Err(DemoError::Template(
+            "the default policy's commented security-event sink",
+        ));
+    }
+    let sink = format!(
+        "sink: {{ url: http://127.0.0.1:8080/internal/v1/security-events, token_file: {} }}",
+        internal_token.display()
+    );
+    Ok(crate::DEFAULT_POLICY
+        .replace(SINK, &sink)
+        .replace("http://127.0.0.1:8080", &format!("http://{upstream}")))
 }

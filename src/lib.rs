@@ -18,6 +18,12 @@
 //!   Redis (every replica shares the count), fallible, with a per-limit fallback when Redis is out.
 //! - [`redis_link`]: the one Redis connection (single node or Cluster) with a deadline per call
 //!   and a circuit breaker, for every Redis-backed store.
+//! - [`state`]: what replicas share besides limits: revocations (an in-process copy kept
+//!   current by Redis pub/sub), refresh-token claims, lockouts, and security events with their
+//!   bounded delivery to the audit sink. Used by the proxy and by the payments service, which
+//!   publishes its revocations there.
+//! - [`admin_client`]: `ward revoke`, `ward revocations`, `ward lockout`: clients of the control
+//!   API on a running proxy's admin port.
 //! - [`keystore`]: the live JWKS keys of each issuer the policy names, beside the policy store,
 //!   fetched or watched by their own tasks, keeping the last good set.
 //! - [`proxy`]: the transport (accept, handshake, HTTP/1 framing guard, hyper-util auto server,
@@ -29,11 +35,15 @@
 //!   3. request limits (405 / 414 / 431 / 415 / 413);
 //!   4. rate limits keyed by the connection and the request, before any signature check (429 / 503);
 //!   5. CORS preflight (204 / 403);
-//!   6. authentication: bearer JWT or API key, the verified caller as evidence (401 / 503);
+//!   6. authentication: bearer JWT or API key, then revocation; the verified caller as evidence
+//!      (401 / 503);
 //!   7. authorization on roles, scopes, claims and tenant, taking the caller (403);
 //!   8. rate limits keyed by the verified caller (429 / 503);
-//!   9. forward, with the caller in identity headers (502 / 504);
-//!   10. response hardening (security headers, CORS, RateLimit headers, request id) on every
+//!   9. sessions: refresh-token single use (401) and login lockout (429), reading a bounded body;
+//!   10. forward, with the caller in identity headers (502 / 504);
+//!   11. sessions on the upstream's answer: commit or release the refresh token, count a failed
+//!       login;
+//!   12. response hardening (security headers, CORS, RateLimit headers, request id) on every
 //!       response, errors included.
 //! - [`telemetry`]: JSON logs and the Prometheus metric handles.
 //! - [`payments`]: `ward payments`, the bundled upstream: token issuing with rotation, payments
@@ -47,6 +57,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin_client;
 pub mod demo;
 pub mod health;
 pub mod identity;
@@ -57,6 +68,7 @@ pub mod policy;
 pub mod proxy;
 pub mod redis_link;
 pub mod settings;
+pub mod state;
 pub mod telemetry;
 pub mod tls;
 

@@ -13,6 +13,7 @@ use ward::policy::{self, PolicyStore};
 use ward::proxy::{self, Proxy};
 use ward::redis_link::RedisLink;
 use ward::settings::ProxySettings;
+use ward::state::revocation::Revocations;
 use ward::telemetry::{self, Metrics};
 use ward::tls::{self, CertPaths, CertStore};
 
@@ -35,7 +36,13 @@ enum Command {
     /// Run the proxy in front of a built-in upstream with embedded defaults.
     Demo(ward::demo::DemoSettings),
     /// Validate a policy file or directory exactly as a reload would; non-zero exit on error.
-    Check { path: PathBuf },
+    /// Also says where shared state would live and which session protections are on.
+    Check {
+        path: PathBuf,
+        /// The `--redis-url` the proxy would run with (shared state in Redis; else memory).
+        #[arg(long, env = "WARD_REDIS_URL", hide_env_values = true)]
+        redis_url: Option<ward::redis_link::RedisTarget>,
+    },
     /// Show which route, limits and headers would apply to a request.
     Explain {
         path: PathBuf,
@@ -44,6 +51,18 @@ enum Command {
     },
     /// Print the JSON Schema of the policy file.
     Schema,
+    /// Revoke a token (by jti), a session or a subject on a running proxy (every replica).
+    Revoke(ward::admin_client::RevokeArgs),
+    /// Revocations held by a running proxy.
+    Revocations {
+        #[command(subcommand)]
+        command: RevocationsCommand,
+    },
+    /// Show or clear a login lockout on a running proxy.
+    Lockout {
+        #[command(subcommand)]
+        command: ward::admin_client::LockoutCommand,
+    },
     /// API keys for machine clients: the proxy stores only their hashes.
     Apikey {
         #[command(subcommand)]
@@ -88,6 +107,12 @@ enum CertsCommand {
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum RevocationsCommand {
+    /// Every live revocation, as JSON.
+    List(ward::admin_client::ControlTarget),
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,13 +203,20 @@ fn main() -> ExitCode {
                     .map_err(anyhow::Error::from)
             })
         }),
-        Command::Check { path } => check(&path),
+        Command::Check { path, redis_url } => check(&path, redis_url.as_ref()),
         Command::Explain { path, method, url } => explain(&path, &method, &url),
         Command::Schema => {
             println!("{}", policy::schema_json());
             Ok(())
         }
         Command::Apikey { command } => apikey(command),
+        Command::Revoke(args) => control(async move { ward::admin_client::revoke(&args).await }),
+        Command::Revocations {
+            command: RevocationsCommand::List(target),
+        } => control(async move { ward::admin_client::list(&target).await }),
+        Command::Lockout { command } => {
+            control(async move { ward::admin_client::lockout(&command).await })
+        }
         Command::Health(args) => runtime(Some(1)).and_then(|rt| {
             let status = rt.block_on(ward::health::probe(&args))?;
             println!("{status}");
@@ -269,6 +301,11 @@ async fn run_proxy(s: ProxySettings) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let admin_token = s.admin_token()?;
+    let revocations = match &redis {
+        Some(link) => Revocations::redis(link.clone(), metrics.revocation.clone()),
+        None => Revocations::memory(metrics.revocation.clone()),
+    };
     proxy::run(
         Proxy {
             listener,
@@ -278,6 +315,8 @@ async fn run_proxy(s: ProxySettings) -> anyhow::Result<()> {
             certs,
             metrics,
             redis,
+            revocations,
+            admin_token,
             drain_timeout: s.runtime.drain_timeout,
         },
         shutdown_signal(),
@@ -351,6 +390,9 @@ async fn run_payments(command: Command) -> anyhow::Result<()> {
         | Command::Check { .. }
         | Command::Explain { .. }
         | Command::Apikey { .. }
+        | Command::Revoke(_)
+        | Command::Revocations { .. }
+        | Command::Lockout { .. }
         | Command::Schema
         | Command::Health(_)
         | Command::Certs { .. } => {
@@ -360,7 +402,19 @@ async fn run_payments(command: Command) -> anyhow::Result<()> {
 }
 
 async fn serve_payments(args: Box<payments::config::ServeArgs>) -> anyhow::Result<()> {
-    let config = payments::Config::load(&args)?;
+    let mut config = payments::Config::load(&args)?;
+    if let Some(target) = args.redis_url.clone() {
+        // A publisher only: the service checks its sessions in its own database; the proxies
+        // learn its revocations from here. Its Redis metrics are not exported (its registry is
+        // its own).
+        let metrics = Metrics::new();
+        let link = RedisLink::connect(target, &args.redis_prefix, metrics.redis.clone())
+            .context("invalid --redis-url / WARD_PAYMENTS_REDIS_URL")?;
+        config.revocations = Some(Revocations::redis(
+            Arc::new(link),
+            metrics.revocation.clone(),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("bind {}", args.listen))?;
@@ -406,7 +460,10 @@ fn certs_dev(out: &std::path::Path, hosts: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check(path: &std::path::Path) -> anyhow::Result<()> {
+fn check(
+    path: &std::path::Path,
+    redis: Option<&ward::redis_link::RedisTarget>,
+) -> anyhow::Result<()> {
     let p = policy::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!(
         "{}: ok ({} routes, hash {})",
@@ -414,6 +471,19 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
         p.routes.len(),
         &p.hash[..12]
     );
+    print!(
+        "{}",
+        policy::state_summary(&p, redis.map(|r| r.to_string()).as_deref())
+    );
+    Ok(())
+}
+
+/// Runs one control API call and prints its JSON answer.
+fn control(
+    call: impl std::future::Future<Output = Result<serde_json::Value, ward::admin_client::ControlError>>,
+) -> anyhow::Result<()> {
+    let answer = runtime(Some(1))?.block_on(call)?;
+    println!("{}", serde_json::to_string_pretty(&answer)?);
     Ok(())
 }
 

@@ -183,6 +183,10 @@ impl RedisLink {
         &self.target
     }
 
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// `<prefix>:<kind>:{<key>}`.
     pub fn key(&self, kind: &str, key: &str) -> String {
         format!("{}:{kind}:{{{key}}}", self.prefix)
@@ -194,13 +198,42 @@ impl RedisLink {
 
     /// Runs `script` on `keys` and `args` within the deadline and through the breaker.
     /// `op` names the call in `ward_redis_errors_total{op}`.
-    pub async fn eval<T: redis::FromRedisValue>(
+    pub async fn eval<T: redis::FromRedisValue, A: redis::ToRedisArgs>(
         &self,
         op: &'static str,
         script: &LuaScript,
         keys: &[&str],
-        args: &[u64],
+        args: &[A],
         tuning: &RedisTuning,
+    ) -> Result<T, RedisFault> {
+        self.guarded(op, tuning, self.eval_once(script, keys, args))
+            .await
+    }
+
+    /// Runs one command within the deadline and through the breaker.
+    pub async fn run<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: &redis::Cmd,
+        tuning: &RedisTuning,
+    ) -> Result<T, RedisFault> {
+        self.guarded(op, tuning, self.query(cmd)).await
+    }
+
+    /// A plain client for one node (Cluster: node `i` modulo their number), for pub/sub: a
+    /// message published on any Cluster node reaches the subscribers of every node.
+    pub fn node_client(&self, i: usize) -> Result<redis::Client, RedisError> {
+        match &self.target {
+            RedisTarget::Single(url) => redis::Client::open(url.as_str()),
+            RedisTarget::Cluster(nodes) => redis::Client::open(nodes[i % nodes.len()].as_str()),
+        }
+    }
+
+    async fn guarded<T>(
+        &self,
+        op: &'static str,
+        tuning: &RedisTuning,
+        call: impl std::future::Future<Output = Result<T, RedisFault>>,
     ) -> Result<T, RedisFault> {
         let probing = match self.breaker.admit() {
             Admit::Closed => false,
@@ -214,7 +247,7 @@ impl RedisLink {
             }
         };
         let started = Instant::now();
-        let result = tokio::time::timeout(tuning.timeout, self.eval_once(script, keys, args)).await;
+        let result = tokio::time::timeout(tuning.timeout, call).await;
         self.metrics
             .latency
             .observe(started.elapsed().as_secs_f64());
@@ -247,11 +280,11 @@ impl RedisLink {
         result
     }
 
-    async fn eval_once<T: redis::FromRedisValue>(
+    async fn eval_once<T: redis::FromRedisValue, A: redis::ToRedisArgs>(
         &self,
         script: &LuaScript,
         keys: &[&str],
-        args: &[u64],
+        args: &[A],
     ) -> Result<T, RedisFault> {
         let build = |verb: &str, body: &str| {
             let mut c = redis::cmd(verb);

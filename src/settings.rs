@@ -35,6 +35,11 @@ pub struct ProxySettings {
     /// Prefix of every Redis key, one per deployment sharing a Redis.
     #[arg(long, env = "WARD_REDIS_PREFIX", default_value = "ward")]
     pub redis_prefix: String,
+    /// File holding the bearer token of the admin port's control API (revocations, lockouts);
+    /// or set WARD_ADMIN_TOKEN. Without either, the control API is off.
+    #[arg(long, env = "WARD_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub runtime: RuntimeSettings,
 }
@@ -54,4 +59,42 @@ pub struct RuntimeSettings {
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("expected a duration like 30s: {e}"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("--admin-token-file / WARD_ADMIN_TOKEN_FILE: cannot read {}: {source}", path.display())]
+    AdminTokenFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}: the admin token must be at least 16 characters")]
+    AdminTokenShort(&'static str),
+}
+
+impl ProxySettings {
+    /// The control API's token: from the file, else from `WARD_ADMIN_TOKEN`; none means off.
+    pub fn admin_token(&self) -> Result<Option<std::sync::Arc<[u8]>>, SettingsError> {
+        let (token, source) = match &self.admin_token_file {
+            Some(path) => (
+                std::fs::read_to_string(path)
+                    .map_err(|source| SettingsError::AdminTokenFile {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .trim()
+                    .to_owned(),
+                "--admin-token-file / WARD_ADMIN_TOKEN_FILE",
+            ),
+            None => match std::env::var("WARD_ADMIN_TOKEN") {
+                Ok(t) => (t.trim().to_owned(), "WARD_ADMIN_TOKEN"),
+                Err(_) => return Ok(None),
+            },
+        };
+        if token.len() < 16 {
+            return Err(SettingsError::AdminTokenShort(source));
+        }
+        Ok(Some(std::sync::Arc::from(token.into_bytes())))
+    }
 }

@@ -157,6 +157,9 @@ pub struct Metrics {
     pub rate_limit_fallbacks: IntCounterVec,
     pub jwks: crate::keystore::KeyMetrics,
     pub redis: crate::redis_link::RedisMetrics,
+    pub revocation: crate::state::revocation::RevocationMetrics,
+    pub events: crate::state::events::EventMetrics,
+    pub session_store_errors: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -362,7 +365,68 @@ impl Metrics {
             ),
             latency: redis_latency,
         };
+        let int_counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid counter");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let revocation = crate::state::revocation::RevocationMetrics {
+            entries: gauge(
+                "ward_revocations",
+                "Revocations held in this replica's in-process copy.",
+            ),
+            synced: gauge(
+                "ward_revocations_synced",
+                "1 while the revocation copy is loaded and kept current (memory: always), 0 otherwise.",
+            ),
+            hits: counter(
+                "ward_revocation_hits_total",
+                "Requests refused because their token was revoked, by kind: token, session, subject.",
+                &["kind"],
+            ),
+            resyncs: int_counter(
+                "ward_revocation_resyncs_total",
+                "Full loads of the revocations from Redis (start and every reconnect).",
+            ),
+            bad_messages: int_counter(
+                "ward_revocation_bad_messages_total",
+                "Revocation messages or entries that did not parse (ignored).",
+            ),
+            unsynced_passes: int_counter(
+                "ward_revocation_unsynced_passes_total",
+                "Tokens let through unchecked because the revocations were never loaded (fail_open).",
+            ),
+        };
+        let events = crate::state::events::EventMetrics {
+            emitted: counter(
+                "ward_security_events_total",
+                "Security events by kind: auth_failed, token_revoked, refresh_reuse, lockout_started, lockout_ended, rate_limited, policy_reload_failed.",
+                &["event"],
+            ),
+            dropped: int_counter(
+                "ward_security_events_dropped_total",
+                "Security events not delivered because the queue to the sink was full.",
+            ),
+            delivered: int_counter(
+                "ward_security_events_delivered_total",
+                "Security events delivered to the sink.",
+            ),
+            delivery_failures: int_counter(
+                "ward_security_event_delivery_failures_total",
+                "Failed deliveries to the sink (each retried).",
+            ),
+        };
+        let session_store_errors = counter(
+            "ward_session_store_errors_total",
+            "Refresh-token and lockout store calls that failed, by store.",
+            &["store"],
+        );
         Metrics {
+            revocation,
+            events,
+            session_store_errors,
             auth_decisions,
             token_cache_lookups,
             token_cache_entries,

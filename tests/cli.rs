@@ -92,7 +92,11 @@ fn explain_shows_the_route_limits_and_headers() {
         .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("route: auth"), "{text}");
+    assert!(text.contains("route: login"), "{text}");
+    assert!(
+        text.contains("lockout: identity [tenant, email], 5 failures in 15m lock for 15m"),
+        "{text}"
+    );
     assert!(text.contains("rate limit auth_per_ip: 5 per 15m"), "{text}");
     assert!(
         text.contains("response header: x-frame-options: DENY"),

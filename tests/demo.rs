@@ -174,6 +174,58 @@ async fn demo_runs_the_walkthrough_through_the_proxy() {
         .unwrap();
     assert_eq!(audit["items"][0]["resource_id"], payment["id"]);
 
+    // The walkthrough's sessions: the spent refresh token presented again is refused by ward and
+    // revokes its session, so the access token that refresh issued stops working at once.
+    let replay = c
+        .post(format!("{base}/v1/auth/refresh"))
+        .json(&json!({"refresh_token": refresh}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 401);
+    let problem: Value = replay.json().await.unwrap();
+    assert_eq!(problem["type"], "urn:ward:problem:refresh-token-reused");
+    let refused_at_edge = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 401);
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(p["type"], "urn:ward:problem:invalid-credentials", "{p}");
+    };
+    refused_at_edge(
+        c.get(format!("{base}/v1/payments"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // A logout in the service refuses its access token at the edge, at once.
+    let login = c
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({"tenant": "demo", "email": "admin@demo.example", "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+    let access = login.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let logout = c
+        .post(format!("{base}/v1/auth/logout"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 204);
+    refused_at_edge(
+        c.get(format!("{base}/v1/payments"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+
     // The proxy's deny route keeps the service's internal endpoint private.
     assert_eq!(
         c.post(format!("{base}/internal/v1/security-events"))

@@ -126,7 +126,11 @@ both_stores!(signed_webhooks_move_payments_and_bad_stale_or_replayed_ones_are_re
 
 async fn the_internal_security_event_endpoint_requires_its_token(kind: Kind) {
     let svc = Service::start(kind).await;
-    let event = json!({ "kind": "rate_limited", "client_ip": "198.51.100.4", "request_id": "r-1", "details": { "route": "login" } });
+    let tenant = svc.new_tenant("events").await;
+    let event = json!({ "events": [
+        { "kind": "rate_limited", "client_ip": "198.51.100.4", "request_id": "r-1", "route": "login", "reason": "rate_limited:auth_per_ip" },
+        { "kind": "token_revoked", "tenant_id": tenant.tenant_id, "subject": "u-1", "client_ip": "198.51.100.5", "reason": "session" },
+    ]});
     assert_problem(
         &svc.post("/internal/v1/security-events", None, event.clone())
             .await,
@@ -154,17 +158,34 @@ async fn the_internal_security_event_endpoint_requires_its_token(kind: Kind) {
         .post("/internal/v1/security-events", Some(&token), event)
         .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{:?}", r.body);
-    let bad = svc
+    for bad in [
+        json!({ "events": [{ "kind": "DROP TABLE" }] }),
+        json!({ "events": [] }),
+    ] {
+        let r = svc
+            .post("/internal/v1/security-events", Some(&token), bad)
+            .await;
+        assert_problem(&r, 422);
+    }
+    // The single-event form of before: not a batch.
+    let r = svc
         .post(
             "/internal/v1/security-events",
             Some(&token),
-            json!({ "kind": "DROP TABLE" }),
+            json!({ "kind": "rate_limited" }),
         )
         .await;
-    assert_problem(&bad, 422);
+    assert_problem(&r, 400);
+    // An event without a known tenant goes to the system chain; one naming a tenant, to its own.
     assert_eq!(
         svc.db
-            .raw_count("SELECT COUNT(*) FROM audit_log WHERE action = 'proxy.security_event' AND client_ip = '198.51.100.4'")
+            .raw_count("SELECT COUNT(*) FROM audit_log WHERE action = 'proxy.security_event' AND client_ip = '198.51.100.4' AND tenant_id = '00000000-0000-0000-0000-000000000000'")
+            .await,
+        1
+    );
+    assert_eq!(
+        svc.db
+            .raw_count(&format!("SELECT COUNT(*) FROM audit_log WHERE action = 'proxy.security_event' AND resource_id = 'token_revoked' AND tenant_id = '{}'", tenant.tenant_id))
             .await,
         1
     );

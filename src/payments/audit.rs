@@ -51,10 +51,11 @@ pub enum AuditAction {
     PaymentCancelled,
     PaymentWebhookApplied,
     ProxySecurityEvent,
+    SessionsRevoked,
 }
 
 impl AuditAction {
-    pub const ALL: [AuditAction; 13] = [
+    pub const ALL: [AuditAction; 14] = [
         AuditAction::LoginSucceeded,
         AuditAction::LoginFailed,
         AuditAction::Lockout,
@@ -68,6 +69,7 @@ impl AuditAction {
         AuditAction::PaymentCancelled,
         AuditAction::PaymentWebhookApplied,
         AuditAction::ProxySecurityEvent,
+        AuditAction::SessionsRevoked,
     ];
 
     /// The action's stored name and its resource type. Both are part of every record's hash and
@@ -87,6 +89,7 @@ impl AuditAction {
             AuditAction::PaymentCancelled => ("payment.cancelled", "payment"),
             AuditAction::PaymentWebhookApplied => ("payment.webhook_applied", "payment"),
             AuditAction::ProxySecurityEvent => ("proxy.security_event", "security_event"),
+            AuditAction::SessionsRevoked => ("auth.sessions_revoked", "user"),
         }
     }
 
@@ -382,6 +385,7 @@ mod tests {
                 ("payment.cancelled", "payment"),
                 ("payment.webhook_applied", "payment"),
                 ("proxy.security_event", "security_event"),
+                ("auth.sessions_revoked", "user"),
             ]
         );
     }
@@ -404,6 +408,7 @@ mod tests {
                 AuditAction::PaymentCancelled => 10,
                 AuditAction::PaymentWebhookApplied => 11,
                 AuditAction::ProxySecurityEvent => 12,
+                AuditAction::SessionsRevoked => 13,
             }
         }
         for (i, a) in AuditAction::ALL.into_iter().enumerate() {

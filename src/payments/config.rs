@@ -66,6 +66,13 @@ pub struct ServeArgs {
     /// Proxies whose X-Forwarded-For is believed (loopback always is); repeatable.
     #[arg(long, env = "WARD_PAYMENTS_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxy: Vec<IpAddr>,
+    /// Redis shared with the proxies: logouts, password changes, admin revocations and refresh
+    /// reuse are published there, so every proxy refuses the session's access tokens at once.
+    #[arg(long, env = "WARD_PAYMENTS_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<crate::redis_link::RedisTarget>,
+    /// The proxies' `--redis-prefix`.
+    #[arg(long, env = "WARD_PAYMENTS_REDIS_PREFIX", default_value = "ward")]
+    pub redis_prefix: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +95,9 @@ pub struct Config {
     pub internal_token: Option<Secret>,
     pub trusted_proxies: Vec<IpAddr>,
     pub lockout: LockoutPolicy,
+    /// Where session revocations are published for the proxy (Redis, or the proxy's own
+    /// in-process copy in `ward demo`); `None`: the service enforces them alone.
+    pub revocations: Option<std::sync::Arc<crate::state::revocation::Revocations>>,
     /// Deadline for acquiring a connection and for each statement.
     pub db_timeout: Duration,
     pub max_body_bytes: usize,
@@ -123,6 +133,7 @@ impl Config {
                 window: Duration::from_secs(15 * 60),
                 duration: Duration::from_secs(15 * 60),
             },
+            revocations: None,
             db_timeout: Duration::from_secs(5),
             max_body_bytes: 64 * 1024,
         }

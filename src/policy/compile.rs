@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::matcher::{HostMatch, PathMatch, RouteMatch};
 use super::spec::{
     CorsSpec, DefaultsSpec, HeaderRulesSpec, IdentitySpec, LimitsSpec, Mode, OnRedisError,
-    PolicySpec, RateLimitSpec, RouteSpec,
+    PolicySpec, RateLimitSpec, RouteSpec, SessionsSpec,
 };
 use super::{
     Cors, Deny, Fallback, HeaderRules, OriginPattern, Policy, RateKey, RateLimit, RedisTuning,
@@ -184,6 +184,7 @@ impl Compiler {
         let mut server = None;
         let mut defaults: Option<(PathBuf, DefaultsSpec)> = None;
         let mut identity_spec: Option<(PathBuf, IdentitySpec)> = None;
+        let mut sessions_spec: Option<(PathBuf, SessionsSpec)> = None;
         let mut routes = Vec::new();
         let sources: Vec<PathBuf> = specs.iter().map(|(f, _)| f.clone()).collect();
         for (file, spec) in specs {
@@ -211,6 +212,12 @@ impl Compiler {
                     self.err("identity", "defined in more than one policy file");
                 }
                 identity_spec = Some((file.clone(), i));
+            }
+            if let Some(x) = spec.sessions {
+                if sessions_spec.is_some() {
+                    self.err("sessions", "defined in more than one policy file");
+                }
+                sessions_spec = Some((file.clone(), x));
             }
             if let Some(d) = spec.defaults {
                 if defaults.is_some() {
@@ -242,6 +249,13 @@ impl Compiler {
                 self.identity(Some(spec), &mut watched_files)
             }
             None => self.identity(None, &mut watched_files),
+        };
+        let sessions = match sessions_spec {
+            Some((file, spec)) => {
+                self.file = file;
+                self.sessions(Some(spec))
+            }
+            None => self.sessions(None),
         };
 
         self.file = defaults_file;
@@ -349,6 +363,14 @@ impl Compiler {
                 identity_rate_limits,
                 rate_limit_policy,
                 auth,
+                refresh: r
+                    .refresh_token
+                    .as_ref()
+                    .and_then(|x| self.refresh_rule(x, &format!("{at}.refresh_token"))),
+                lockout: r
+                    .lockout
+                    .as_ref()
+                    .and_then(|x| self.lockout_rule(x, &format!("{at}.lockout"))),
             };
             compiled.push(Arc::new(route));
         }
@@ -368,6 +390,7 @@ impl Compiler {
             ),
             rate_limit_names,
             identity,
+            sessions,
             watched_files,
             inputs: self.inputs.clone().finalize().into(),
         })

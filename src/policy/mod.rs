@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod compile;
 pub mod matcher;
+pub mod sessions;
 pub mod spec;
 pub mod store;
 pub mod units;
@@ -39,6 +40,7 @@ pub struct Policy {
     /// Every distinct rate limit (by name), for the RateLimit-Policy header and metrics.
     pub rate_limit_names: Vec<Arc<str>>,
     pub identity: Identity,
+    pub sessions: sessions::Sessions,
     /// Files besides the policy files whose change reloads the policy (API keys, HMAC secrets).
     pub watched_files: Vec<std::path::PathBuf>,
     /// Digest of every input (policy files, referenced files, secrets): a reload that changes
@@ -91,6 +93,10 @@ pub struct Route {
     /// `RateLimit-Policy` for every enforced limit of the route, joined once at compile time.
     pub rate_limit_policy: Option<HeaderValue>,
     pub auth: AuthRule,
+    /// Refresh-token single use (a refresh endpoint).
+    pub refresh: Option<sessions::RefreshRule>,
+    /// Brute-force lockout (a login endpoint).
+    pub lockout: Option<sessions::LockoutRule>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -324,6 +330,32 @@ pub fn explain(policy: &Policy, method: &Method, host: Option<&str>, path: &str)
             }
         }
     }
+    if let Some(rt) = &r.refresh {
+        let _ = writeln!(
+            out,
+            "refresh token: single use, from {:?}, family from {:?}, remembered {}",
+            rt.source,
+            rt.family,
+            humantime::format_duration(rt.lifetime)
+        );
+    }
+    if let Some(l) = &r.lockout {
+        let _ = writeln!(
+            out,
+            "lockout: identity [{}], {} failures in {} lock for {}, backoff {} to {}{}",
+            l.identity.join(", "),
+            l.rules.max_failures,
+            humantime::format_duration(l.rules.window),
+            humantime::format_duration(l.rules.lock_for),
+            humantime::format_duration(l.rules.backoff_base),
+            humantime::format_duration(l.rules.backoff_max),
+            l.per_ip.map_or(String::new(), |ip| format!(
+                "; per client IP {} failures in {}",
+                ip.max_failures,
+                humantime::format_duration(ip.window)
+            )),
+        );
+    }
     if r.rate_limits.is_empty() && r.identity_rate_limits.is_empty() {
         let _ = writeln!(out, "rate limits: none (exempt)");
     }
@@ -371,5 +403,69 @@ pub fn explain(policy: &Policy, method: &Method, host: Option<&str>, path: &str)
             let _ = writeln!(out, "cors: not handled at the proxy");
         }
     }
+    out
+}
+
+/// Where shared state lives and which session protections are on (for `ward check`).
+pub fn state_summary(policy: &Policy, redis: Option<&str>) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let store = match redis {
+        Some(r) => format!("redis {r} (shared by every replica)"),
+        None => "memory (this replica alone; give --redis-url to share)".to_owned(),
+    };
+    let _ = writeln!(out, "shared state: {store}");
+    let names = |f: fn(&Route) -> bool| {
+        let n: Vec<&str> = policy
+            .routes
+            .iter()
+            .filter(|r| f(r))
+            .map(|r| &*r.name)
+            .collect();
+        if n.is_empty() {
+            "none".to_owned()
+        } else {
+            n.join(", ")
+        }
+    };
+    let _ = writeln!(
+        out,
+        "rate limits: {}",
+        if policy.rate_limit_names.is_empty() {
+            "none".to_owned()
+        } else {
+            policy.rate_limit_names.join(", ")
+        }
+    );
+    let _ = writeln!(
+        out,
+        "revocation: {}",
+        match policy.sessions.revocation {
+            Some(r) => format!("on ({:?} while not loaded)", r.on_unsynced),
+            None => "off".to_owned(),
+        }
+    );
+    let _ = writeln!(
+        out,
+        "refresh-token single use: {}",
+        names(|r| r.refresh.is_some())
+    );
+    let _ = writeln!(out, "login lockout: {}", names(|r| r.lockout.is_some()));
+    let key = match (&policy.sessions.lockout_key, redis) {
+        (Some(_), _) => "from the policy",
+        (None, Some(_)) if policy.routes.iter().any(|r| r.lockout.is_some()) => {
+            "MISSING: with --redis-url every replica needs sessions.lockout_key (the proxy refuses to start)"
+        }
+        (None, _) => "made at start (one replica)",
+    };
+    let _ = writeln!(out, "lockout key: {key}");
+    let _ = writeln!(
+        out,
+        "security events: {}",
+        match &policy.sessions.events_sink {
+            Some(s) => format!("logged, counted, delivered to {}", s.url),
+            None => "logged and counted".to_owned(),
+        }
+    );
     out
 }

@@ -24,6 +24,8 @@ pub struct PolicySpec {
     pub server: Option<ServerSpec>,
     /// Who callers are: token issuers, API keys, and the identity headers sent upstream.
     pub identity: Option<IdentitySpec>,
+    /// Sessions at the edge: revocation, the lockout key, security events.
+    pub sessions: Option<SessionsSpec>,
     /// Settings every route inherits unless it overrides them.
     pub defaults: Option<DefaultsSpec>,
     /// Routes, first match wins. A request matching no route gets 404.
@@ -294,6 +296,138 @@ pub struct RouteSpec {
     pub rate_limits: Option<Vec<RateLimitSpec>>,
     /// Authentication and authorization; each field overrides the default's.
     pub auth: Option<AuthSpec>,
+    /// Refresh-token single use on this route (a token refresh endpoint).
+    pub refresh_token: Option<RefreshTokenSpec>,
+    /// Brute-force lockout on this route (a login endpoint).
+    pub lockout: Option<LockoutSpec>,
+}
+
+/// Revocation, the lockout key and security events.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsSpec {
+    /// Check every verified token against the revocations (by `jti`, `sid`, subject). Present: on.
+    pub revocation: Option<RevocationSpec>,
+    /// HMAC key for lockout identities (so no raw email or username is stored or logged). Needed with `--redis-url` (every replica must use the same key); without it, one is made at start.
+    pub lockout_key: Option<SecretSourceSpec>,
+    /// Security events: always logged and counted; delivered to an audit sink when one is set.
+    pub events: Option<EventsSpec>,
+}
+
+/// Token revocation at the edge.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevocationSpec {
+    /// While this replica has never loaded the revocations (Redis down at start): `fail_closed` (default) answers 503 to requests with a token; `fail_open` lets them pass, counted and logged.
+    pub on_unsynced: Option<Unsynced>,
+    /// How long a session or subject revocation is kept: at least the longest life of an access token. Default 1h.
+    pub max_token_lifetime: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Unsynced {
+    FailClosed,
+    FailOpen,
+}
+
+/// A secret from a file or an environment variable, never the policy text.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSourceSpec {
+    /// File holding the secret (at least 32 bytes), relative to the policy file.
+    pub secret_file: Option<String>,
+    /// Environment variable holding it.
+    pub secret_env: Option<String>,
+    /// Never allowed; present only to give a clear error.
+    pub secret: Option<serde_json::Value>,
+}
+
+/// Security events.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSpec {
+    /// The audit intake events are delivered to, in batches.
+    pub sink: Option<EventSinkSpec>,
+    /// Events waiting for delivery at most; more are dropped and counted. Default 10000.
+    pub queue: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventSinkSpec {
+    /// e.g. the payments service's `http://127.0.0.1:8080/internal/v1/security-events`.
+    pub url: String,
+    /// File holding the intake's bearer token, relative to the policy file.
+    pub token_file: String,
+    /// Events per delivery, at most. Default 100.
+    pub batch: Option<usize>,
+    /// Longest wait to fill a batch. Default 1s.
+    pub flush_every: Option<Dur>,
+}
+
+/// What a session store does when Redis cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStoreError {
+    /// Refuse with 503 (the default: these are security checks).
+    Deny,
+    /// Let the request through without the check, counted and logged.
+    Allow,
+}
+
+/// Refresh-token single use: exactly one of `json_field` and `cookie`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshTokenSpec {
+    /// The request body is JSON and this top-level string field holds the refresh token.
+    pub json_field: Option<String>,
+    /// The refresh token is in this cookie.
+    pub cookie: Option<String>,
+    /// The upstream names the token's family (session) in this response header on success; a reuse revokes that session.
+    pub family_header: Option<HeaderNameSpec>,
+    /// Or: the refresh token is a JWT whose claim (e.g. `sid`) names its family.
+    pub family_claim: Option<String>,
+    /// How long a used token is remembered: at least the refresh token's own life. Default 7d.
+    pub lifetime: Option<Dur>,
+    /// Largest body read to find the token (400 above it). Default 16KiB.
+    pub max_body: Option<Size>,
+    /// When Redis cannot answer: `deny` (default, 503) or `allow` (forward without the check).
+    pub on_redis_error: Option<OnStoreError>,
+}
+
+/// Brute-force lockout of a login route.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LockoutSpec {
+    /// Top-level string fields of the JSON body that together name the identity (e.g. `[tenant, email]`); normalised (Unicode NFC, case, whitespace) and keyed by HMAC.
+    pub identity: Vec<String>,
+    /// Upstream statuses that count as a failed attempt. Default [401].
+    pub failure_statuses: Option<Vec<u16>>,
+    /// Failures within `window` that lock the identity. Default 5.
+    pub max_failures: Option<u32>,
+    /// Default 15m.
+    pub window: Option<Dur>,
+    /// How long a lock lasts. Default 15m.
+    pub lock_for: Option<Dur>,
+    /// Wait after the first failure, doubled after each next one (until the lock). Default 1s; 0s turns backoff off.
+    pub backoff_base: Option<Dur>,
+    /// Longest backoff wait. Default 60s.
+    pub backoff_max: Option<Dur>,
+    /// Failures from one client IP across identities (credential stuffing). Default 20 in 15m lock 15m.
+    pub per_ip: Option<IpLockoutSpec>,
+    /// Largest body read to find the identity (400 above it). Default 16KiB.
+    pub max_body: Option<Size>,
+    /// When Redis cannot answer: `deny` (default, 503) or `allow` (forward without lockout).
+    pub on_redis_error: Option<OnStoreError>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IpLockoutSpec {
+    pub max_failures: u32,
+    pub window: Dur,
+    pub lock_for: Dur,
 }
 
 /// Request matcher: every given part must match.

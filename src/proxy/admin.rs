@@ -41,6 +41,19 @@ async fn answer(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if super::control::handles(req.uri().path()) {
+        let (parts, body) = req.into_parts();
+        let a = super::control::handle(
+            &shared,
+            &parts.method,
+            parts.uri.path(),
+            parts.uri.query(),
+            &parts.headers,
+            body,
+        )
+        .await;
+        return Ok(reply(a.status, "application/json", a.body));
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(reply(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -84,6 +97,14 @@ async fn ready(shared: &Shared) -> (bool, String) {
         return (false, format!("keys not loaded: {}", list.join("; ")));
     }
     let policy = shared.policy.snapshot();
+    if policy
+        .sessions
+        .revocation
+        .is_some_and(|r| r.on_unsynced == crate::policy::spec::Unsynced::FailClosed)
+        && !shared.revocations.is_synced()
+    {
+        return (false, "revocations not loaded yet (fail_closed)".into());
+    }
     let authority = &policy.upstream.authority;
     let port = authority.port_u16().unwrap_or(80);
     let addr = format!("{}:{port}", authority.host());
@@ -102,6 +123,10 @@ fn policy_json(shared: &Shared) -> String {
         "sources": p.sources.iter().map(|s| s.display().to_string()).collect::<Vec<_>>(),
         "routes": p.routes.iter().map(|r| r.name.to_string()).collect::<Vec<_>>(),
         "issuers": shared.keys.describe(),
+        "revocations": {
+            "backend": shared.revocations.backend_name(),
+            "synced": shared.revocations.is_synced(),
+        },
         "rate_limit_store": match &shared.limiter {
             crate::limit::Limiter::Memory(_) => "memory".to_owned(),
             crate::limit::Limiter::Redis(r) => format!("redis {}", r.link().target()),

@@ -5,6 +5,7 @@
 //! in `pipeline`; this module only hands it connection facts.
 
 pub mod admin;
+pub mod control;
 pub mod guard;
 pub mod pipeline;
 pub mod redirect;
@@ -30,6 +31,10 @@ use crate::keystore::KeyStore;
 use crate::limit::{Limiter, MemoryLimiter, RedisLimiter};
 use crate::policy::{store::Reloaded, watch, Policy, PolicyStore};
 use crate::redis_link::RedisLink;
+use crate::state::events::{EventKind, SecurityEvent, SecurityEvents};
+use crate::state::lockout::Lockouts;
+use crate::state::refresh::RefreshClaims;
+use crate::state::revocation::Revocations;
 use crate::telemetry::Metrics;
 use crate::tls::CertStore;
 pub use pipeline::{ConnInfo, Shared};
@@ -44,6 +49,11 @@ pub struct Proxy {
     pub metrics: Metrics,
     /// Shared state for several replicas (`--redis-url`); `None` keeps limits in memory.
     pub redis: Option<Arc<RedisLink>>,
+    /// Revocations, checked on every verified token; in `ward demo` the same value the payments
+    /// service revokes into.
+    pub revocations: Arc<Revocations>,
+    /// The control API's bearer token (`--admin-token-file` / `WARD_ADMIN_TOKEN`); `None`: off.
+    pub admin_token: Option<Arc<[u8]>>,
     /// Longest wait for in-flight requests after shutdown starts.
     pub drain_timeout: Duration,
 }
@@ -58,6 +68,8 @@ pub enum ProxyError {
         #[source]
         source: notify::Error,
     },
+    #[error("the policy locks out logins across replicas (--redis-url) but names no sessions.lockout_key: every replica must key identities alike")]
+    LockoutKey,
     #[error("cannot read a listener address: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -75,11 +87,38 @@ pub async fn run(proxy: Proxy, shutdown: impl Future<Output = ()>) -> Result<(),
         Some(link) => Limiter::Redis(Arc::new(RedisLimiter::new(link.clone(), memory))),
         None => Limiter::Memory(memory),
     };
+    let (refresh, lockouts) = match &proxy.redis {
+        Some(link) => (
+            RefreshClaims::redis(link.clone()),
+            Lockouts::redis(link.clone()),
+        ),
+        None => (RefreshClaims::memory(100_000), Lockouts::memory(100_000)),
+    };
+    if proxy.redis.is_some()
+        && first.sessions.lockout_key.is_none()
+        && first.routes.iter().any(|r| r.lockout.is_some())
+    {
+        return Err(ProxyError::LockoutKey);
+    }
+    let events = SecurityEvents::new(proxy.metrics.events.clone());
+    events.configure(first.sessions.events_sink.as_ref());
+    let revocation_sync = tokio::spawn(proxy.revocations.clone().sync());
     let keys = Arc::new(KeyStore::new(proxy.metrics.jwks.clone()));
     keys.reconcile(&first);
     let m = &proxy.metrics;
     let shared = Arc::new(Shared {
         limiter,
+        revocations: proxy.revocations.clone(),
+        admin_token: proxy.admin_token.clone(),
+        refresh,
+        lockouts,
+        events,
+        own_lockout_key: {
+            use rand::RngCore;
+            let mut k = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut k);
+            k
+        },
         keys,
         tokens: token_cache::TokenCache::new(
             first.identity.cache_max_entries,
@@ -173,6 +212,7 @@ pub async fn run(proxy: Proxy, shutdown: impl Future<Output = ()>) -> Result<(),
         tracing::warn!(timeout = ?proxy.drain_timeout, "drain deadline passed; closing remaining connections");
     }
     reloader.abort();
+    revocation_sync.abort();
     if let Some(t) = cert_task {
         t.abort();
     }
@@ -402,6 +442,7 @@ pub async fn reload_now(shared: &Arc<Shared>) {
                 .set_max_keys(p.server.rate_limit_max_keys);
             shared.tokens.set_max_entries(p.identity.cache_max_entries);
             shared.keys.reconcile(&p);
+            shared.events.configure(p.sessions.events_sink.as_ref());
             tracing::info!(
                 hash = p.hash.as_str(),
                 routes = p.routes.len(),
@@ -412,6 +453,15 @@ pub async fn reload_now(shared: &Arc<Shared>) {
         Ok(Err(e)) => {
             m.policy_reloads.with_label_values(&["error"]).inc();
             tracing::error!(error = %e, "policy reload failed; keeping the last good policy");
+            shared.events.emit(SecurityEvent {
+                kind: EventKind::PolicyReloadFailed,
+                tenant_id: None,
+                subject: None,
+                client_ip: None,
+                request_id: None,
+                route: None,
+                reason: "invalid policy".into(),
+            });
         }
         Err(e) => tracing::error!(error = %e, "policy reload task failed"),
     }

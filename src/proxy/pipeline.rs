@@ -11,17 +11,27 @@ use std::time::{Duration, Instant, SystemTime};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
+use super::rejection::AuthFault;
 use super::rejection::Rejection;
 use super::stage;
 use super::stage::authn::Verifier;
 use super::stage::rate_limit::{Limits, Permit};
+use super::stage::session::{About, Pending, Sessions};
 use super::token_cache::TokenCache;
+use super::upstream::InBody;
 use super::upstream::{self, Forwarded, ProxyBody, UpstreamClient};
 use crate::identity::Principal;
 use crate::keystore::KeyStore;
 use crate::limit::Limiter;
+use crate::policy::spec::Unsynced;
 use crate::policy::{Mode, Policy, PolicyStore, Route};
+use crate::state::events::{EventKind, SecurityEvent, SecurityEvents};
+use crate::state::lockout::Lockouts;
+use crate::state::refresh::RefreshClaims;
+use crate::state::revocation::{Revocations, Verdict};
 use crate::telemetry::Metrics;
+
+static EMPTY_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
 
 /// What every request handler shares.
 pub struct Shared {
@@ -30,10 +40,37 @@ pub struct Shared {
     pub keys: Arc<KeyStore>,
     pub tokens: TokenCache,
     pub limiter: Limiter,
+    pub revocations: Arc<Revocations>,
+    pub refresh: RefreshClaims,
+    pub lockouts: Lockouts,
+    pub events: SecurityEvents,
+    /// The lockout HMAC key when the policy names none (one per process: fine for one replica).
+    pub own_lockout_key: [u8; 32],
+    /// The control API's bearer token; `None`: the API is off.
+    pub admin_token: Option<Arc<[u8]>>,
     pub metrics: Metrics,
     pub client: UpstreamClient,
     /// Set on SIGTERM: /readyz answers 503 from then on.
     pub draining: AtomicBool,
+}
+
+impl Shared {
+    /// The session stores, as stage 9 needs them for one policy snapshot.
+    fn sessions<'a>(&'a self, policy: &'a Policy) -> Sessions<'a> {
+        Sessions {
+            policy,
+            refresh: &self.refresh,
+            lockouts: &self.lockouts,
+            revocations: &self.revocations,
+            events: &self.events,
+            lockout_key: policy
+                .sessions
+                .lockout_key
+                .as_ref()
+                .map_or(&self.own_lockout_key[..], |k| &k.0[..]),
+            store_errors: &self.metrics.session_store_errors,
+        }
+    }
 }
 
 /// What the transport knows about the connection a request came on.
@@ -84,10 +121,13 @@ pub async fn handle(
 
     let (mut response, reason) = match result {
         Ok(r) => (r, None),
-        Err(rejection) => (
-            problem(&rejection, &ex.request_id),
-            Some(rejection.reason()),
-        ),
+        Err(rejection) => {
+            refusal_event(&shared, &ex, &rejection);
+            (
+                problem(&rejection, &ex.request_id),
+                Some(rejection.reason()),
+            )
+        }
     };
     harden(&policy, &ex, origin.as_ref(), response.headers_mut());
 
@@ -172,7 +212,8 @@ async fn run_stages(
     if let Some(answer) = stage::cors::preflight(&route, &req)? {
         return Ok(answer.map(|()| upstream::empty()));
     }
-    // 6. Authentication: bearer JWT or API key → the verified caller, if any (401; 503 while keys never loaded).
+    // 6. Authentication: bearer JWT or API key, not revoked → the verified caller, if any
+    //    (401; 503 while keys or revocations never loaded).
     ex.principal = authenticate(shared, policy, &route, &req, ex)?;
     // 7. Authorization on roles, scopes, claims and tenant (403); needs the caller as evidence.
     if let Some(caller) = ex.principal.clone() {
@@ -191,9 +232,30 @@ async fn run_stages(
     .await;
     record_shadowed_limits(shared, ex);
     counted?;
-    // 9. Forward to the upstream with the caller's identity headers (502/504; 413/400 for a bad unsized body).
+    // 9. Sessions: refresh-token single use (401 on reuse), login lockout (429); a bounded body read (400).
+    let (parts, body) = req.into_parts();
+    let body = stage::session::read_body(
+        &route,
+        &parts.headers,
+        body,
+        policy.upstream.request_timeout,
+    )
+    .await?;
+    let sessions = shared.sessions(policy);
+    let about = About {
+        route: &route.name,
+        client_ip: ex.client_ip,
+        request_id: ex.request_id.to_str().unwrap_or("-"),
+    };
+    let pending = match &body {
+        InBody::Read(bytes) => {
+            stage::session::before(&sessions, &route, &parts.headers, bytes, &about).await?
+        }
+        InBody::Stream(_) => Pending::default(),
+    };
+    // 10. Forward to the upstream with the caller's identity headers (502/504; 413/400 for a bad unsized body).
     let trusted = is_trusted(policy, conn.peer.ip());
-    let (traceparent, started_trace) = traceparent(req.headers());
+    let (traceparent, started_trace) = traceparent(&parts.headers);
     let fwd = Forwarded {
         peer_trusted: trusted,
         peer_ip: conn.peer.ip(),
@@ -211,11 +273,18 @@ async fn run_stages(
             .shadow_blocks
             .with_label_values(&[&*route.name, "body-too-large"])
     });
-    let forwarded =
-        upstream::forward(&shared.client, policy, &route, req, fwd, shadow_body).await?;
+    let req = Request::from_parts(parts, body);
+    let forwarded = upstream::forward(&shared.client, policy, &route, req, fwd, shadow_body).await;
+    // 11. Sessions, on the upstream's answer: commit or release the refresh token, count a failed login.
+    let answered = forwarded
+        .as_ref()
+        .map(|f| (f.response.status(), f.response.headers()));
+    let (status, headers) = answered.unwrap_or((http::StatusCode::BAD_GATEWAY, &EMPTY_HEADERS));
+    stage::session::after(&sessions, &route, pending, status, headers, &about).await;
+    let forwarded = forwarded?;
     timer.observe(forwarded.upstream_time.as_secs_f64());
     ex.upstream_time = Some(forwarded.upstream_time);
-    // 10. Response hardening happens in `handle`, for this response and every rejection alike.
+    // 12. Response hardening happens in `handle`, for this response and every rejection alike.
     Ok(forwarded.response)
 }
 
@@ -239,7 +308,11 @@ fn authenticate(
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64),
     };
-    let verdict = stage::authn::authenticate(&verifier, &route.auth, req.headers(), req.uri());
+    let verdict = stage::authn::authenticate(&verifier, &route.auth, req.headers(), req.uri())
+        .and_then(|p| match (p, &policy.sessions.revocation) {
+            (Some(p), Some(rule)) => check_revocation(shared, rule, p, route, ex, verifier.now),
+            (p, _) => Ok(p),
+        });
     record_auth(shared, route, &verdict, route.auth.mode);
     match (verdict, route.auth.mode) {
         (Ok(p), _) => Ok(p),
@@ -249,6 +322,74 @@ fn authenticate(
             Ok(None)
         }
     }
+}
+
+/// The revocation half of stage 6: a verified token whose id, session or subject was revoked is
+/// refused; while this replica has never loaded the revocations, the policy decides.
+fn check_revocation(
+    shared: &Shared,
+    rule: &crate::policy::sessions::Revocation,
+    p: Arc<Principal>,
+    route: &Route,
+    ex: &Exchange,
+    now: i64,
+) -> Result<Option<Arc<Principal>>, Rejection> {
+    if !matches!(p.method, crate::identity::AuthMethod::Jwt { .. }) {
+        return Ok(Some(p));
+    }
+    match shared.revocations.check(&p, now) {
+        Verdict::Clear => Ok(Some(p)),
+        Verdict::Revoked(kind) => {
+            shared
+                .revocations
+                .metrics
+                .hits
+                .with_label_values(&[kind.as_str()])
+                .inc();
+            shared.events.emit(SecurityEvent {
+                kind: EventKind::TokenRevoked,
+                tenant_id: p.tenant.clone(),
+                subject: Some(p.subject.clone()),
+                client_ip: Some(ex.client_ip),
+                request_id: ex.request_id.to_str().ok().map(str::to_owned),
+                route: Some(route.name.to_string()),
+                reason: kind.as_str().to_owned(),
+            });
+            Err(Rejection::Unauthorized(AuthFault::Revoked(kind)))
+        }
+        Verdict::Unsynced => match rule.on_unsynced {
+            Unsynced::FailClosed => Err(Rejection::RevocationUnavailable),
+            Unsynced::FailOpen => {
+                shared.revocations.metrics.unsynced_passes.inc();
+                tracing::warn!(
+                    route = &*route.name,
+                    "revocations not loaded yet; token let through (fail_open)"
+                );
+                Ok(Some(p))
+            }
+        },
+    }
+}
+
+/// The security event a refusal is worth (those with a caller to name are emitted where the
+/// caller is known: revoked tokens, refresh reuse, lockouts).
+fn refusal_event(shared: &Shared, ex: &Exchange, rejection: &Rejection) {
+    let kind = match rejection {
+        Rejection::Unauthorized(AuthFault::Revoked(_)) => return,
+        Rejection::Unauthorized(_) | Rejection::Forbidden(_) => EventKind::AuthFailed,
+        Rejection::RateLimited { .. } => EventKind::RateLimited,
+        _ => return,
+    };
+    let who = ex.principal.as_deref();
+    shared.events.emit(SecurityEvent {
+        kind,
+        tenant_id: who.and_then(|p| p.tenant.clone()),
+        subject: who.map(|p| p.subject.clone()),
+        client_ip: Some(ex.client_ip),
+        request_id: ex.request_id.to_str().ok().map(str::to_owned),
+        route: ex.route.as_ref().map(|r| r.name.to_string()),
+        reason: rejection.reason(),
+    });
 }
 
 /// `ward_auth_decisions_total{route,result,reason}`.

@@ -58,6 +58,8 @@ pub enum AuthFault {
     UnknownIssuer,
     /// An API key that matches no stored hash.
     UnknownApiKey,
+    /// A verified token that was revoked (by its id, its session or its subject).
+    Revoked(crate::state::revocation::Kind),
 }
 
 impl AuthFault {
@@ -68,6 +70,11 @@ impl AuthFault {
             AuthFault::Token(t) => t.as_str(),
             AuthFault::UnknownIssuer => "unknown_issuer",
             AuthFault::UnknownApiKey => "unknown_api_key",
+            AuthFault::Revoked(k) => match k {
+                crate::state::revocation::Kind::Token => "revoked_token",
+                crate::state::revocation::Kind::Session => "revoked_session",
+                crate::state::revocation::Kind::Subject => "revoked_subject",
+            },
         }
     }
 }
@@ -122,6 +129,18 @@ pub enum Rejection {
     /// The keys that would verify the token have never loaded (the issuer's JWKS URL has not
     /// answered since start): not the client's fault, so 503 and not 401.
     AuthUnavailable,
+    /// This replica has never loaded the revocations and the policy says `fail_closed`.
+    RevocationUnavailable,
+    /// A refresh token presented a second time (or while its first use is in flight).
+    RefreshTokenReused,
+    /// Too many failed logins for this identity or client IP, or too soon after the last one.
+    LoginLocked {
+        retry_after: Duration,
+    },
+    /// A refresh or login body that is not JSON, lacks the field, or has it twice.
+    BadCredentialBody,
+    /// The refresh-token or lockout store is unavailable and the rule says `deny`.
+    SessionStoreUnavailable,
     UpstreamUnavailable,
     UpstreamTimeout,
 }
@@ -210,7 +229,8 @@ impl Rejection {
                 AuthFault::AmbiguousCredentials
                 | AuthFault::Token(_)
                 | AuthFault::UnknownIssuer
-                | AuthFault::UnknownApiKey,
+                | AuthFault::UnknownApiKey
+                | AuthFault::Revoked(_),
             ) => (
                 StatusCode::UNAUTHORIZED,
                 "invalid-credentials",
@@ -225,6 +245,31 @@ impl Rejection {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "auth-unavailable",
                 "Authentication is temporarily unavailable",
+            ),
+            Rejection::RevocationUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "revocation-unavailable",
+                "Token revocation is temporarily unavailable",
+            ),
+            Rejection::RefreshTokenReused => (
+                StatusCode::UNAUTHORIZED,
+                "refresh-token-reused",
+                "Refresh token already used; the session is revoked",
+            ),
+            Rejection::LoginLocked { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-attempts",
+                "Too many attempts; try again later",
+            ),
+            Rejection::BadCredentialBody => (
+                StatusCode::BAD_REQUEST,
+                "invalid-credential-request",
+                "The request body does not carry the expected credential fields",
+            ),
+            Rejection::SessionStoreUnavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session-store-unavailable",
+                "Session checks are temporarily unavailable",
             ),
             Rejection::UpstreamUnavailable => (
                 StatusCode::BAD_GATEWAY,
@@ -251,7 +296,11 @@ impl Rejection {
         match self {
             Rejection::RateLimited { retry_after, .. }
             | Rejection::RateLimitUnavailable { retry_after, .. } => vec![retry(retry_after)],
-            Rejection::AuthUnavailable => vec![retry(&Duration::from_secs(5))],
+            Rejection::LoginLocked { retry_after } => vec![retry(retry_after)],
+            Rejection::AuthUnavailable
+            | Rejection::RevocationUnavailable
+            | Rejection::SessionStoreUnavailable => vec![retry(&Duration::from_secs(5))],
+            Rejection::RefreshTokenReused => vec![(header::WWW_AUTHENTICATE, BEARER_INVALID)],
             Rejection::Unauthorized(AuthFault::Missing) => {
                 vec![(header::WWW_AUTHENTICATE, BEARER)]
             }
@@ -259,7 +308,8 @@ impl Rejection {
                 AuthFault::AmbiguousCredentials
                 | AuthFault::Token(_)
                 | AuthFault::UnknownIssuer
-                | AuthFault::UnknownApiKey,
+                | AuthFault::UnknownApiKey
+                | AuthFault::Revoked(_),
             ) => vec![(header::WWW_AUTHENTICATE, BEARER_INVALID)],
             Rejection::BodyTooLarge | Rejection::BadBody | Rejection::RequestTimeout => {
                 vec![close()]
@@ -275,6 +325,7 @@ impl Rejection {
             | Rejection::UnsupportedMediaType
             | Rejection::CorsDenied
             | Rejection::Forbidden(_)
+            | Rejection::BadCredentialBody
             | Rejection::UpstreamUnavailable
             | Rejection::UpstreamTimeout => Vec::new(),
         }
@@ -303,6 +354,11 @@ impl Rejection {
             | Rejection::BodyTooLarge
             | Rejection::CorsDenied
             | Rejection::AuthUnavailable
+            | Rejection::RevocationUnavailable
+            | Rejection::RefreshTokenReused
+            | Rejection::LoginLocked { .. }
+            | Rejection::BadCredentialBody
+            | Rejection::SessionStoreUnavailable
             | Rejection::UpstreamUnavailable
             | Rejection::UpstreamTimeout => self.parts().1.to_owned(),
         }
@@ -353,6 +409,13 @@ mod tests {
             RejectionKind::Unauthorized => Rejection::Unauthorized(AuthFault::Missing),
             RejectionKind::Forbidden => Rejection::Forbidden(Forbidden::Role),
             RejectionKind::AuthUnavailable => Rejection::AuthUnavailable,
+            RejectionKind::RevocationUnavailable => Rejection::RevocationUnavailable,
+            RejectionKind::RefreshTokenReused => Rejection::RefreshTokenReused,
+            RejectionKind::LoginLocked => Rejection::LoginLocked {
+                retry_after: Duration::from_secs(3),
+            },
+            RejectionKind::BadCredentialBody => Rejection::BadCredentialBody,
+            RejectionKind::SessionStoreUnavailable => Rejection::SessionStoreUnavailable,
             RejectionKind::UpstreamUnavailable => Rejection::UpstreamUnavailable,
             RejectionKind::UpstreamTimeout => Rejection::UpstreamTimeout,
         }
@@ -424,6 +487,7 @@ mod tests {
             AuthFault::Token(TokenFault::Expired),
             AuthFault::UnknownIssuer,
             AuthFault::UnknownApiKey,
+            AuthFault::Revoked(crate::state::revocation::Kind::Session),
         ];
         let bodies: std::collections::HashSet<String> = faults
             .iter()

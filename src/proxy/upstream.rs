@@ -68,21 +68,47 @@ pub struct Forwarding {
     pub upstream_time: Duration,
 }
 
+/// A request body on its way upstream: still arriving, or already read by a stage that needed
+/// to look inside it (refresh-token single use, login lockout), and then forwarded unchanged.
+pub enum InBody {
+    Stream(Incoming),
+    Read(Bytes),
+}
+
 /// `shadow_body` counts an unsized body that runs over `max_body` on a route whose limits are in shadow mode.
 pub async fn forward(
     client: &UpstreamClient,
     policy: &Policy,
     route: &Route,
-    req: Request<Incoming>,
+    req: Request<InBody>,
     fwd: Forwarded<'_>,
     shadow_body: Option<prometheus::IntCounter>,
 ) -> Result<Forwarding, Rejection> {
     let up = &policy.upstream;
     let deadline = Instant::now() + up.request_timeout;
-    let (mut parts, incoming) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let host = super::stage::framing::host_of(&parts).map(str::to_owned);
 
     // Body: stream what declared its length, read (bounded) what did not.
+    let incoming = match body {
+        InBody::Stream(incoming) => incoming,
+        InBody::Read(bytes) => {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            return send(
+                client,
+                policy,
+                route,
+                parts,
+                host,
+                full(bytes),
+                fwd,
+                deadline,
+            )
+            .await;
+        }
+    };
     let body = if parts.headers.contains_key(header::CONTENT_LENGTH) || incoming.is_end_stream() {
         incoming.map_err(BoxError::from).boxed_unsync()
     } else if route.limits.mode == Mode::Shadow {
@@ -113,6 +139,22 @@ pub async fn forward(
         }
     };
 
+    send(client, policy, route, parts, host, body, fwd, deadline).await
+}
+
+/// Sends the request upstream and waits for the response head.
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    client: &UpstreamClient,
+    policy: &Policy,
+    route: &Route,
+    mut parts: http::request::Parts,
+    host: Option<String>,
+    body: ProxyBody,
+    fwd: Forwarded<'_>,
+    deadline: Instant,
+) -> Result<Forwarding, Rejection> {
+    let up = &policy.upstream;
     // Head: the upstream URI, hop-by-hop stripped, forwarding headers set by us alone.
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = Uri::builder()

@@ -201,6 +201,13 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// `--redis-url` and `--redis-prefix`: shared limits in that Redis.
     pub redis: Option<(String, String)>,
+    /// The control API's token (off without one).
+    pub admin_token: Option<String>,
+    /// Revocations shared with something else in the test (an in-process payments service);
+    /// default: memory, or Redis with `redis`.
+    pub revocations: Option<Arc<ward::state::revocation::Revocations>>,
+    /// The proxy's metrics (to share handles with something else in the test).
+    pub metrics: Option<Metrics>,
 }
 
 impl Default for Options {
@@ -209,6 +216,9 @@ impl Default for Options {
             redirect: false,
             drain_timeout: Duration::from_secs(10),
             redis: None,
+            admin_token: None,
+            revocations: None,
+            metrics: None,
         }
     }
 }
@@ -259,7 +269,7 @@ pub async fn start_in(
     let admin_addr = admin.local_addr().unwrap();
     let redirect_addr = redirect.as_ref().map(|l| l.local_addr().unwrap());
     let (tx, rx) = oneshot::channel::<()>();
-    let metrics = Metrics::new();
+    let metrics = opts.metrics.clone().unwrap_or_default();
     let redis = opts.redis.as_ref().map(|(url, prefix)| {
         Arc::new(
             ward::redis_link::RedisLink::connect(
@@ -270,6 +280,16 @@ pub async fn start_in(
             .unwrap(),
         )
     });
+    let revocations = opts.revocations.clone().unwrap_or_else(|| match &redis {
+        Some(link) => {
+            ward::state::revocation::Revocations::redis(link.clone(), metrics.revocation.clone())
+        }
+        None => ward::state::revocation::Revocations::memory(metrics.revocation.clone()),
+    });
+    let admin_token = opts
+        .admin_token
+        .as_ref()
+        .map(|t| Arc::<[u8]>::from(t.as_bytes().to_vec()));
     let task = tokio::spawn(async move {
         proxy::run(
             Proxy {
@@ -280,6 +300,8 @@ pub async fn start_in(
                 certs,
                 metrics,
                 redis,
+                revocations,
+                admin_token,
                 drain_timeout: opts.drain_timeout,
             },
             async {
@@ -467,3 +489,73 @@ routes:
   - name: all
     match: { path: { prefix: / } }
 "#;
+
+/// The bundled payments service, in process on 127.0.0.1:0, set up as `ward demo` sets it up
+/// (fresh keys, SQLite in a temp dir, the demo tenant with a generated password), revoking into
+/// `revocations` when given.
+pub struct Payments {
+    pub addr: SocketAddr,
+    pub setup: ward::payments::demo::DemoSetup,
+    _dir: tempfile::TempDir,
+    _stop: oneshot::Sender<()>,
+}
+
+pub async fn start_payments(
+    revocations: Option<Arc<ward::state::revocation::Revocations>>,
+) -> Payments {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = ward::payments::demo::prepare(&dir.path().join("payments"))
+        .await
+        .unwrap();
+    let mut config = setup.config.clone();
+    config.revocations = revocations;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = ward::payments::run(listener, config, async {
+            let _ = rx.await;
+        })
+        .await;
+    });
+    Payments {
+        addr,
+        setup,
+        _dir: dir,
+        _stop: tx,
+    }
+}
+
+impl Payments {
+    /// Starts a proxy in front of this service with `template` (`UPSTREAM` is the service's URL,
+    /// `TOKEN_FILE` its internal token file).
+    pub async fn proxy(&self, template: &str, opts: Options) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        write_lockout_key(dir.path());
+        let policy_path = dir.path().join("policy.yaml");
+        std::fs::write(
+            &policy_path,
+            render(template, self.addr).replace(
+                "TOKEN_FILE",
+                &self.setup.internal_token_file.display().to_string(),
+            ),
+        )
+        .unwrap();
+        let unused = Upstream::start().await;
+        let p = start_in(dir, policy_path, unused, opts).await;
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                p.admin_get("/readyz").await.0 == 200
+            })
+            .await,
+            "the proxy loads the service's keys"
+        );
+        p
+    }
+}
+
+/// `lockout.key` in `dir`: the same test key for every replica of a test (made for tests, not a
+/// secret of anything).
+pub fn write_lockout_key(dir: &Path) {
+    std::fs::write(dir.join("lockout.key"), "test-lockout-key-".repeat(3)).unwrap();
+}

@@ -168,16 +168,28 @@ pub(super) async fn list_audit(
     ))
 }
 
+/// A batch of security events from the proxy.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityEventBatch {
+    /// 1 to 100 events.
+    pub events: Vec<SecurityEvent>,
+}
+
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityEvent {
-    /// What the proxy saw, e.g. `rate_limited`, `token_rejected` (a-z, 0-9, `_`, `.`).
+    /// What the proxy saw, e.g. `auth_failed`, `token_revoked`, `refresh_reuse` (a-z, 0-9, `_`, `.`).
     pub kind: String,
-    /// Tenant the event concerns, if known (recorded in details; the record goes to the system chain).
+    /// The tenant it concerns: the record goes to that tenant's audit chain (an unknown or absent
+    /// tenant: the system tenant's).
     pub tenant_id: Option<String>,
+    pub subject: Option<String>,
     pub client_ip: Option<String>,
     pub request_id: Option<String>,
-    /// Extra facts; must not contain secrets. At most 4 KiB.
+    pub route: Option<String>,
+    pub reason: Option<String>,
+    /// Extra facts; must not contain secrets. At most 4 KiB per event.
     #[serde(default)]
     pub details: serde_json::Map<String, serde_json::Value>,
 }
@@ -193,8 +205,10 @@ fn token_matches(presented: &[u8], expected: &[u8]) -> bool {
         == 0
 }
 
-#[utoipa::path(post, path = "/internal/v1/security-events", tag = "audit", request_body = SecurityEvent, security(("internal" = [])),
-    responses((status = 202, description = "Recorded in the system audit chain"), (status = 401, body = Problem, content_type = "application/problem+json"),
+const MAX_BATCH: usize = 100;
+
+#[utoipa::path(post, path = "/internal/v1/security-events", tag = "audit", request_body = SecurityEventBatch, security(("internal" = [])),
+    responses((status = 202, description = "Recorded, each in its tenant's audit chain"), (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No internal token is configured")))]
 pub(super) async fn security_event(
     State(state): State<AppState>,
@@ -213,8 +227,56 @@ pub(super) async fn security_event(
     if !token_matches(presented.trim().as_bytes(), expected.expose()) {
         return Err(ApiError::InvalidToken);
     }
-    let (event, _) = read_json::<SecurityEvent>(&state, &headers, body).await?;
+    let (batch, _) = read_json::<SecurityEventBatch>(&state, &headers, body).await?;
     let mut errors = Vec::new();
+    if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
+        errors.push(FieldError::new(
+            "events",
+            format!("must hold 1 to {MAX_BATCH} events"),
+        ));
+    }
+    for (i, event) in batch.events.iter().enumerate() {
+        check_event(i, event, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    for event in batch.events {
+        let tenant = match &event.tenant_id {
+            Some(t) if state.store().tenant_exists(t).await? => t.clone(),
+            _ => SYSTEM_TENANT.to_owned(),
+        };
+        let actx = AuditContext {
+            actor: "proxy".into(),
+            client_ip: event
+                .client_ip
+                .clone()
+                .unwrap_or_else(|| ctx.client_ip.to_string()),
+            request_id: event.request_id.clone().unwrap_or(ctx.request_id.clone()),
+        };
+        let mut details = serde_json::json!({
+            "subject": event.subject,
+            "route": event.route,
+            "reason": event.reason,
+            "details": event.details,
+        });
+        if tenant == SYSTEM_TENANT {
+            details["tenant_id"] = event.tenant_id.clone().into();
+        }
+        let ev = AuditEvent::new(
+            &actx,
+            &tenant,
+            AuditAction::ProxySecurityEvent,
+            &event.kind,
+            details,
+        );
+        state.store().append_audit(&ev).await?;
+    }
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
+fn check_event(i: usize, event: &SecurityEvent, errors: &mut Vec<FieldError>) {
+    let at = |f: &str| format!("events[{i}].{f}");
     if event.kind.is_empty()
         || event.kind.len() > 64
         || !event
@@ -223,40 +285,32 @@ pub(super) async fn security_event(
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
     {
         errors.push(FieldError::new(
-            "kind",
+            at("kind"),
             "must be 1 to 64 of a-z, 0-9, '_' and '.'",
         ));
     }
-    if let Err(e) = short_filter("tenant_id", &event.tenant_id) {
-        errors.push(e);
+    for (name, v) in [
+        ("tenant_id", &event.tenant_id),
+        ("request_id", &event.request_id),
+        ("subject", &event.subject),
+        ("route", &event.route),
+        ("reason", &event.reason),
+    ] {
+        if let Err(mut e) = short_filter(name, v) {
+            e.field = at(name);
+            errors.push(e);
+        }
     }
     if let Some(ip) = &event.client_ip {
         if ip.parse::<IpAddr>().is_err() {
-            errors.push(FieldError::new("client_ip", "must be an IP address"));
+            errors.push(FieldError::new(at("client_ip"), "must be an IP address"));
         }
     }
-    if let Err(e) = short_filter("request_id", &event.request_id) {
-        errors.push(e);
+    if serde_json::Value::Object(event.details.clone())
+        .to_string()
+        .len()
+        > 4096
+    {
+        errors.push(FieldError::new(at("details"), "must be at most 4 KiB"));
     }
-    let details = serde_json::json!({ "tenant_id": event.tenant_id, "details": event.details });
-    if details.to_string().len() > 4096 {
-        errors.push(FieldError::new("details", "must be at most 4 KiB"));
-    }
-    if !errors.is_empty() {
-        return Err(ApiError::Invalid(errors));
-    }
-    let actx = AuditContext {
-        actor: "proxy".into(),
-        client_ip: event.client_ip.unwrap_or_else(|| ctx.client_ip.to_string()),
-        request_id: event.request_id.unwrap_or(ctx.request_id),
-    };
-    let ev = AuditEvent::new(
-        &actx,
-        SYSTEM_TENANT,
-        AuditAction::ProxySecurityEvent,
-        &event.kind,
-        details,
-    );
-    state.store().append_audit(&ev).await?;
-    Ok(StatusCode::ACCEPTED.into_response())
 }

@@ -156,6 +156,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/password", post(sessions::change_password))
         .route("/v1/users", post(users::create_user))
         .route(
+            "/v1/users/{id}/sessions/revoke",
+            post(users::revoke_sessions),
+        )
+        .route(
             "/v1/payments",
             post(payments::create_payment).get(payments::list_payments),
         )

@@ -43,7 +43,7 @@ impl utoipa::Modify for SecuritySchemes {
     info(title = "ward payments", description = "Payments and audit upstream bundled with ward"),
     paths(
         ops::healthz, ops::readyz, ops::metrics, openapi, ops::jwks, sessions::login, sessions::refresh,
-        sessions::logout, sessions::change_password, users::create_user, payments::create_payment,
+        sessions::logout, sessions::change_password, users::create_user, users::revoke_sessions, payments::create_payment,
         payments::get_payment, payments::list_payments, payments::cancel_payment, webhooks::psp_webhook,
         audit::list_audit, audit::security_event
     ),

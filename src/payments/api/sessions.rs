@@ -19,6 +19,7 @@ use crate::payments::domain::lockout;
 use crate::payments::errors::{invalid, ApiError, FieldError, Problem};
 use crate::payments::store::{NewSession, RefreshOutcome};
 use crate::payments::validation;
+use crate::state::revocation::Kind;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -46,12 +47,16 @@ pub struct TokenResponse {
     pub refresh_expires_in: u64,
 }
 
+/// The session a token pair belongs to, named in a response header so that a proxy enforcing
+/// refresh-token single use knows which family to revoke if the refresh token comes back.
+pub const SESSION_HEADER: &str = "x-session-id";
+
 fn token_response(state: &AppState, p: &Caller, refresh_token: String) -> Response {
     let cfg = state.config();
     let access = cfg
         .tokens
         .issue(&p.user_id, &p.tenant_id, p.role, &p.session_id);
-    json_response(
+    let mut response = json_response(
         StatusCode::OK,
         &TokenResponse {
             access_token: access,
@@ -60,7 +65,36 @@ fn token_response(state: &AppState, p: &Caller, refresh_token: String) -> Respon
             refresh_token,
             refresh_expires_in: cfg.refresh_ttl.as_secs(),
         },
-    )
+    );
+    if let Ok(v) = axum::http::HeaderValue::from_str(&p.session_id) {
+        response.headers_mut().insert(SESSION_HEADER, v);
+    }
+    response
+}
+
+/// Tells the proxies (through Redis, or the in-process copy of `ward demo`) that these tokens
+/// are revoked, so the edge refuses them at once instead of when they expire. The service's own
+/// checks do not depend on it: a failure is logged, never an error for the caller.
+pub(super) async fn publish_revocation(
+    state: &AppState,
+    kind: crate::state::revocation::Kind,
+    id: &str,
+    before: Option<i64>,
+) {
+    let Some(revocations) = &state.config().revocations else {
+        return;
+    };
+    let now = crate::state::now_secs();
+    let entry = crate::state::revocation::Entry {
+        kind,
+        id: id.to_owned(),
+        before,
+        // No access token issued before this moment outlives its TTL (plus the verifiers' leeway).
+        expires_at: now + state.config().tokens.access_ttl.as_secs() as i64 + 60,
+    };
+    if let Err(e) = revocations.revoke(entry).await {
+        tracing::error!(error = %e, kind = kind.as_str(), "cannot publish a revocation to the proxies");
+    }
 }
 
 fn new_session(state: &AppState) -> (NewSession, String) {
@@ -231,9 +265,10 @@ pub(super) async fn refresh(
             };
             Ok(token_response(&state, &principal, token))
         }
-        RefreshOutcome::ReuseDetected => {
+        RefreshOutcome::ReuseDetected { session_id } => {
             tracing::warn!("refresh token reuse detected; session revoked");
             metrics.auth_event("refresh_reuse_detected");
+            publish_revocation(&state, Kind::Session, &session_id, None).await;
             Err(ApiError::InvalidRefreshToken)
         }
         RefreshOutcome::Invalid => Err(ApiError::InvalidRefreshToken),
@@ -260,6 +295,7 @@ pub(super) async fn logout(
         .revoke_session(&p.tenant_id, &p.session_id, "logout", &ev)
         .await?;
     state.metrics().auth_event("logout");
+    publish_revocation(&state, Kind::Session, &p.session_id, None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -328,5 +364,8 @@ pub(super) async fn change_password(
         .change_password(&p.tenant_id, &p.user_id, &new_hash, &ev)
         .await?;
     state.metrics().auth_event("password_changed");
+    // Every token of the user issued up to now (`iat` is in whole seconds: this second too).
+    let before = crate::state::now_secs() + 1;
+    publish_revocation(&state, Kind::Subject, &p.user_id, Some(before)).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

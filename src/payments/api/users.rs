@@ -1,7 +1,7 @@
 //! Users: an admin adds users to their own tenant.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
@@ -82,4 +82,53 @@ pub(super) async fn create_user(
             role: req.role,
         },
     ))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionsRevoked {
+    /// Sessions that were active and are now revoked.
+    pub revoked: u64,
+}
+
+#[utoipa::path(post, path = "/v1/users/{id}/sessions/revoke", tag = "auth", security(("bearer" = [])),
+    params(("id" = String, Path, description = "User id")),
+    responses(
+    (status = 200, description = "Every session of the user is revoked, and every access token issued so far refused", body = SessionsRevoked),
+    (status = 403, body = Problem, content_type = "application/problem+json"),
+    (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub(super) async fn revoke_sessions(
+    State(state): State<AppState>,
+    Extension(ctx): Extension<RequestContext>,
+    Authed(p): Authed,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    require_role(&p, &[Role::Admin])?;
+    if id.is_empty() || id.len() > 64 {
+        return Err(ApiError::NotFound);
+    }
+    let user = state
+        .store()
+        .user_by_id(&p.tenant_id, &id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let ev = AuditEvent::new(
+        &ctx.audit(format!("user:{}", p.user_id)),
+        &p.tenant_id,
+        AuditAction::SessionsRevoked,
+        &user.id,
+        serde_json::json!({ "effect": "all sessions revoked" }),
+    );
+    let revoked = state
+        .store()
+        .revoke_user_sessions(&p.tenant_id, &user.id, &ev)
+        .await?;
+    let before = crate::state::now_secs() + 1;
+    super::sessions::publish_revocation(
+        &state,
+        crate::state::revocation::Kind::Subject,
+        &user.id,
+        Some(before),
+    )
+    .await;
+    Ok(json_response(StatusCode::OK, &SessionsRevoked { revoked }))
 }

@@ -97,8 +97,10 @@ pub enum RefreshOutcome {
         role: Role,
         session_id: String,
     },
-    /// An already-used token was presented: the whole family is now revoked.
-    ReuseDetected,
+    /// An already-used token was presented: the whole family (this session) is now revoked.
+    ReuseDetected {
+        session_id: String,
+    },
     Invalid,
 }
 
@@ -223,6 +225,10 @@ impl Store {
         dispatch!(self, b => b.tenant_by_slug(slug).await)
     }
 
+    pub async fn tenant_exists(&self, id: &str) -> Result<bool, StoreError> {
+        dispatch!(self, b => b.tenant_exists(id).await)
+    }
+
     pub async fn create_user(&self, user: &NewUser, ev: &AuditEvent) -> Result<(), StoreError> {
         dispatch!(self, b => b.create_user(user, ev).await)
     }
@@ -289,6 +295,15 @@ impl Store {
         ev: &AuditEvent,
     ) -> Result<(), StoreError> {
         dispatch!(self, b => b.revoke_session(tenant_id, session_id, reason, ev).await)
+    }
+
+    pub async fn revoke_user_sessions(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        ev: &AuditEvent,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, b => b.revoke_user_sessions(tenant_id, user_id, ev).await)
     }
 
     pub async fn change_password(

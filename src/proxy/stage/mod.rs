@@ -9,3 +9,4 @@ pub mod headers;
 pub mod limits;
 pub mod rate_limit;
 pub mod route;
+pub mod session;

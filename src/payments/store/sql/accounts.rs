@@ -128,6 +128,14 @@ impl Backend {
         })
     }
 
+    pub async fn tenant_exists(&self, id: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT id FROM tenants WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     pub async fn create_user(&self, user: &NewUser, ev: &AuditEvent) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.begin().await?;
@@ -306,7 +314,7 @@ impl Backend {
             ev.resource_id = session_id.clone();
             write_audit(&mut tx, &ev, now, None).await?;
             tx.commit().await?;
-            return Ok(RefreshOutcome::ReuseDetected);
+            return Ok(RefreshOutcome::ReuseDetected { session_id });
         }
         let next = NewSession {
             session_id: session_id.clone(),
@@ -357,6 +365,27 @@ impl Backend {
         write_audit(&mut tx, ev, now, None).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Revokes every active session of a user (an admin's decision).
+    pub async fn revoke_user_sessions(
+        &self,
+        tenant_id: &str,
+        user_id: &str,
+        ev: &AuditEvent,
+    ) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let mut tx = self.begin().await?;
+        let n = sqlx::query("UPDATE sessions SET revoked_at = $1, revoked_reason = 'admin' WHERE user_id = $2 AND tenant_id = $3 AND revoked_at IS NULL")
+            .bind(now)
+            .bind(user_id)
+            .bind(tenant_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        write_audit(&mut tx, ev, now, None).await?;
+        tx.commit().await?;
+        Ok(n)
     }
 
     pub async fn change_password(
