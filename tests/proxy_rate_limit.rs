@@ -64,6 +64,12 @@ async fn auth_route_allows_exactly_five_then_429_with_retry_after() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["type"], "urn:ward:problem:rate-limited");
     assert_eq!(p.upstream.count(), 5);
+    assert_eq!(
+        p.metric(r#"ward_security_events_total{event="rate_limited"}"#)
+            .await,
+        1.0,
+        "a refusal is a security event"
+    );
     // The same IP is limited on HTTP/2 too: one counter per key, whatever the protocol.
     assert_eq!(
         p.client(true)

@@ -67,6 +67,10 @@ async fn invalid_edit_keeps_the_old_policy_and_shows_the_error() {
         m.contains(r#"ward_policy_reloads_total{result="error"}"#),
         "{m}"
     );
+    assert!(
+        m.contains(r#"ward_security_events_total{event="policy_reload_failed"}"#),
+        "a failed reload is a security event: {m}"
+    );
     // Fixing the file clears the error and applies.
     p.write_policy(&with_deny("/x"));
     assert!(
