@@ -41,10 +41,13 @@ REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 TOKENS=${TOKENS:-10000}
 # HAProxy's maxconn and nginx's worker_connections (idle.sh raises them).
 export MAXCONN=${MAXCONN:-4096}
+# nginx as a single process (cost.sh).
+NGINX_SINGLE_PROCESS=${NGINX_SINGLE_PROCESS:-}
 # Extra top-level YAML appended to every ward policy (idle.sh sets server limits with it).
 WARD_POLICY_EXTRA=${WARD_POLICY_EXTRA:-}
 # A command prefix for the servers of the cases (cost.sh runs them under valgrind); never for
-# the upstream. Set by the caller after sourcing.
+# the upstream. Set by the caller after sourcing. Each server has BENCH_CASE=<case> in its
+# environment (valgrind's %q{BENCH_CASE} names its output after it).
 WRAP=()
 
 ALL_CASES="upstream upstream-tls ward ward-jwt ward-jwt10k ward-jwt10k-nocache ward-redis haproxy haproxy-jwt haproxy-jwt10k nginx"
@@ -208,6 +211,20 @@ start() {
     PIDS[$name]=$!
 }
 
+# stop NAME: stop one server we started (TERM, then KILL after 10 s).
+stop() {
+    local pid=${PIDS[$1]:-} i
+    [[ -n $pid ]] || return 0
+    kill "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    unset "PIDS[$1]"
+}
+
 # wait_port NAME PORT [SECONDS]: up to SECONDS (15) for NAME to accept on PORT.
 wait_port() {
     local name=$1 port=$2 secs=${3:-15} i
@@ -369,21 +386,26 @@ start_case() {
         haproxy*)
             cfg=$RUN_DIR/$c.cfg
             render "$BENCH_DIR/haproxy.cfg" "$cfg" HAPROXY_PORT="$port"
-            local env=()
-            is_jwt "$c" && env=(BENCH_JWT=1)
+            local env=(BENCH_CASE="$c")
+            if is_jwt "$c"; then env+=(BENCH_JWT=1); fi
             env "${env[@]}" haproxy -c -q -f "$cfg" || die "$c: haproxy.cfg does not check"
             start "$c" env "${env[@]}" ${WRAP[@]+"${WRAP[@]}"} haproxy -db -f "$cfg"
             ;;
         nginx)
             render "$BENCH_DIR/nginx.conf" "$RUN_DIR/nginx.conf"
-            start nginx ${WRAP[@]+"${WRAP[@]}"} nginx -p "$RUN_DIR" -c "$RUN_DIR/nginx.conf"
+            # One process instead of master and worker (cost.sh: valgrind's callgrind_control
+            # cannot reach a forked child); the same code serves the requests.
+            if [[ -n $NGINX_SINGLE_PROCESS ]]; then
+                sed -i 's/^master_process on;/master_process off;/' "$RUN_DIR/nginx.conf"
+            fi
+            start nginx env BENCH_CASE="$c" ${WRAP[@]+"${WRAP[@]}"} nginx -p "$RUN_DIR" -c "$RUN_DIR/nginx.conf"
             ;;
         ward*)
             local policy extra=()
             policy=$(ward_policy "$c")
             if [[ $c == ward-redis ]]; then extra=(--redis-url "$REDIS_URL" --redis-prefix "$REDIS_PREFIX"); fi
             "$WARD_BIN" check "$policy" >/dev/null || die "$c: ward check refuses its policy"
-            start "$c" ${WRAP[@]+"${WRAP[@]}"} "$WARD_BIN" proxy \
+            start "$c" env BENCH_CASE="$c" ${WRAP[@]+"${WRAP[@]}"} "$WARD_BIN" proxy \
                 --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$(admin_port "$c")" \
                 --tls-cert "$CERT" --tls-key "$KEY" --policy "$policy" \
                 --worker-threads 1 "${extra[@]}"
@@ -392,27 +414,34 @@ start_case() {
     esac
 }
 
-# start_servers [SECONDS]: the certificate, the tokens, the upstream and every case's server,
-# each waited for (SECONDS: how long to wait for each, 15; more under valgrind).
-start_servers() {
-    local secs=${1:-15} port c
+# start_upstream: the certificate, the tokens and the upstream nginx, which every case needs.
+start_upstream() {
+    local port
     make_cert
     for port in $(seq "$PORT_BASE" $((PORT_BASE + 16))); do
         port_free "$port" || die "127.0.0.1:$port is in use (set PORT_BASE)"
     done
     make_tokens
-
     render "$BENCH_DIR/upstream-nginx.conf" "$RUN_DIR/upstream-nginx.conf"
     start upstream nginx -p "$RUN_DIR" -c "$RUN_DIR/upstream-nginx.conf"
     wait_port upstream "$UPSTREAM_PORT"
-    for c in $CASES; do
-        start_case "$c"
-    done
-    for c in $CASES; do
-        [[ $c == upstream* ]] && continue
-        wait_port "$c" "${CASE_PORT[$c]}" "$secs"
-        if is_ward "$c"; then wait_ready "$c" "$secs"; fi
-    done
+}
+
+# wait_case CASE [SECONDS]: up to SECONDS (15) for CASE's server to listen (and a ward to be
+# ready).
+wait_case() {
+    [[ $1 == upstream* ]] && return
+    wait_port "$1" "${CASE_PORT[$1]}" "${2:-15}"
+    if is_ward "$1"; then wait_ready "$1" "${2:-15}"; fi
+}
+
+# start_servers [SECONDS]: the upstream and every case's server, each waited for (SECONDS: how
+# long to wait for each, 15).
+start_servers() {
+    local c
+    start_upstream
+    for c in $CASES; do start_case "$c"; done
+    for c in $CASES; do wait_case "$c" "${1:-15}"; done
 }
 
 # url CASE PROTO: where the load goes.
