@@ -30,14 +30,16 @@ from collections import defaultdict
 # symbol, generic parameters included (`<hyper::proto::h1::... as ...>::poll`), so a pattern
 # matches anywhere in the name; the order puts the specific before the general.
 RULES = [
-    ("kernel", r"^\[kernel|\[k\]|^\[vdso\]|__vdso_"),
+    ("kernel", r"^\[kernel|\[k\]"),
+    ("clock reads (vDSO)", r"^\[vdso\]|__vdso_"),
+    ("framing guard (ward::proxy::guard)", r"ward::proxy::guard"),
     ("JWT (parse, ES256 verify, token cache)",
      r"jsonwebtoken::|\bp256::|\becdsa::|elliptic_curve::|primeorder::|crypto_bigint::|ward::identity::"
      r"|ward::proxy::token_cache|ward::proxy::stage::authn|base64::|sha2::|:jwt_|libcrypto.*(ecdsa|ec_)"),
     ("TLS (ward: rustls, ring; peers: OpenSSL)",
      r"rustls::|tokio_rustls::|\bring::|ring_core_|aws_lc|libssl\.so|libcrypto\.so|:ssl_sock_|:ngx_ssl_"),
     ("HTTP/2 framing and HPACK", r"\bh2::|hyper::proto::h2|:h2_|:hpack_|:h2c_|:ngx_http_v2_|:ngx_http_huff_"),
-    ("HTTP/1 framing", r"hyper::proto::h1|httparse::|:h1_|:ngx_http_parse_|ward::proxy::guard"),
+    ("HTTP/1 framing", r"hyper::proto::h1|httparse::|:h1_|:ngx_http_parse_"),
     ("upstream client (ward: hyper-util pool)",
      r"hyper_util::client|hyper::client|ward::proxy::upstream|:ngx_http_upstream_|:ngx_http_proxy_"),
     ("Redis client", r"\bredis::|\bcombine::|ward::redis_link"),

@@ -459,3 +459,92 @@ server() {
         *) echo "$1" ;;
     esac
 }
+
+# ---------------------------------------------------------------- load
+
+# latency_ms VALUE: wrk's "523.00us" / "1.23ms" / "1.02s" in milliseconds.
+latency_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+        printf "%.3f", n }'
+}
+
+# bounded SECONDS OUT CMD...: run CMD on the load generator's core for at most
+# SECONDS, output to OUT, and its CPU seconds to OUT.cpu. In the background, so
+# that a signal reaches our trap at once and the cleanup can stop it.
+bounded() {
+    local secs=$1 out=$2 status=0
+    shift 2
+    # The shell's "children" times grow by what each reaped child used,
+    # grandchildren included: here, the load generator.
+    times >"$out.t0"
+    timeout "$secs" taskset -c "$LOAD_CPU" "$@" >"$out" 2>&1 &
+    LOAD_PID=$!
+    wait "$LOAD_PID" || status=$?
+    LOAD_PID=
+    times >"$out.t1"
+    awk 'function sec(t) { split(t, a, "m"); return a[1] * 60 + a[2] }
+        FNR == 2 { c[FILENAME] = sec($1) + sec($2) }
+        END { printf "%.3f\n", c[ARGV[2]] - c[ARGV[1]] }' "$out.t0" "$out.t1" >"$out.cpu"
+    rm -f "$out.t0" "$out.t1"
+    return "$status"
+}
+
+# load CASE PROTO SECONDS OUT: one load run; writes "requests rps p50_ms p99_ms
+# errors" to OUT.result. JWT cases send the hot token, or the TOKENS distinct
+# ones: wrk round-robin from a Lua script (bench/tokens.lua); h2load cannot vary
+# a header per request, so it sends them in the query (?access_token=, which the
+# JWT policies allow), one URI per token, from a file (-i).
+load() {
+    local c=$1 proto=$2 secs=$3 out=$4 u streams=1 conns=$CONNECTIONS
+    u=$(url "$c" "$proto")
+    local -a args=() post=()
+    case $proto in
+        h1 | h1c*)
+            [[ $proto == h1c* ]] && conns=${proto#h1c}
+            if many_tokens "$c"; then
+                args=(-s "$BENCH_DIR/tokens.lua")
+                post=(-- "$RUN_DIR/jwt/tokens.txt")
+            elif is_jwt "$c"; then
+                args=(-H "Authorization: Bearer $HOT_TOKEN")
+            fi
+            bounded $((secs + 30)) "$out" \
+                wrk -t1 -c"$conns" -d"${secs}s" --timeout 5s --latency "${args[@]}" "$u" ${post[@]+"${post[@]}"} ||
+                die "wrk failed: $(tail -3 "$out")"
+            local req rps p50 p99 err
+            req=$(awk '/requests in/ {print $1}' "$out")
+            rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+            p50=$(latency_ms "$(awk '$1 == "50%" {print $2}' "$out")")
+            p99=$(latency_ms "$(awk '$1 == "99%" {print $2}' "$out")")
+            err=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/[^0-9 ]/, " "); n += $1 + $2 + $3 + $4} END {print n + 0}' "$out")
+            echo "$req $rps $p50 $p99 $err" >"$out.result"
+            ;;
+        h2 | h2m*)
+            [[ $proto == h2m* ]] && streams=${proto#h2m}
+            if many_tokens "$c"; then
+                args=(-i "$RUN_DIR/jwt/uris-$c.txt")
+                u=
+            elif is_jwt "$c"; then
+                args=(-H "authorization: Bearer $HOT_TOKEN")
+            fi
+            bounded $((secs + 30)) "$out" \
+                h2load -t1 -c"$conns" -m"$streams" -D "$secs" --log-file="$out.log" "${args[@]}" ${u:+"$u"} ||
+                die "h2load failed: $(tail -3 "$out")"
+            grep -q '^Application protocol: h2' "$out" ||
+                die "h2load did not speak h2 to $c: $(grep -i 'protocol' "$out")"
+            local req rps err p50 p99
+            req=$(awk '/^requests:/ {print $8}' "$out")
+            rps=$(awk '/^finished in/ {print $4}' "$out")
+            err=$(awk '/^requests:/ {n += $10 + $12 + $14} /^status codes:/ {n += $5 + $7 + $9} END {print n + 0}' "$out")
+            read -r p50 p99 < <(cut -f3 "$out.log" | sort -n | awk '{a[NR] = $1}
+                END { if (NR == 0) { print "0 0"; exit }
+                      i50 = int(NR * 0.50); if (i50 < 1) i50 = 1
+                      i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
+                      printf "%.3f %.3f\n", a[i50] / 1000, a[i99] / 1000 }')
+            rm -f "$out.log"
+            echo "$req $rps $p50 $p99 $err" >"$out.result"
+            ;;
+        *) die "unknown protocol $proto" ;;
+    esac
+}
