@@ -117,7 +117,7 @@ main() {
         printf 'machine: %s, %s cores, %s\n' \
             "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)" "$(nproc)" "$(uname -sr)"
         printf 'tools: %s; %s; %s; %s\n' "$("$PYTHON" --version 2>&1)" \
-            "$(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3)" "$(nginx -v 2>&1)" "$(openssl version)"
+            "$(haproxy -v 2>/dev/null | awk 'NR == 1 {print $1, $2, $3}')" "$(nginx -v 2>&1)" "$(openssl version)"
         if any_case is_ward; then printf 'ward: %s (%s)\n' "$("$WARD_BIN" --version 2>&1 | head -1)" "$WARD_BIN"; fi
         printf 'date: %s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
     } >"$RUN_DIR/report.txt"
