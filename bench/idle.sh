@@ -9,8 +9,9 @@
 # seconds, read the resident memory again and count the established connections. Memory per
 # connection = (after - before) / N.
 #
-# For this test only, the connection caps are set just above N (HAProxy maxconn, nginx
-# worker_connections, ward's server.max_connections, default 10,000), and ward's
+# For this test only, the connection caps are set above N (HAProxy maxconn and ward's
+# server.max_connections, default 10,000, to N + 500; nginx's worker_connections to N + N/8 +
+# 1000, since nginx closes idle connections once fewer than 1/16 of them are free), and ward's
 # server.header_read_timeout goes from 10 s to 300 s: ward closes an idle HTTP/1.1 keep-alive
 # connection when that timeout runs out (it also bounds the wait for the next request), while
 # HAProxy and nginx keep them for the 300 s of their keep-alive timeouts.
@@ -37,6 +38,9 @@ SETTLE=${SETTLE:-3}
 RESULTS=${RESULTS-$BENCH_DIR/results/idle}
 
 MAXCONN=$((N + 500))
+# nginx closes idle keep-alive connections to make room once fewer than 1/16 of its
+# worker_connections are free: keep well clear of that.
+NGINX_MAXCONN=$((N + N / 8 + 1000))
 WARD_POLICY_EXTRA="server:
   max_connections: $MAXCONN
   header_read_timeout: 300s"

@@ -41,6 +41,7 @@ REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 TOKENS=${TOKENS:-10000}
 # HAProxy's maxconn and nginx's worker_connections (idle.sh raises them).
 export MAXCONN=${MAXCONN:-4096}
+export NGINX_MAXCONN=${NGINX_MAXCONN:-$MAXCONN}
 # nginx as a single process (cost.sh).
 NGINX_SINGLE_PROCESS=${NGINX_SINGLE_PROCESS:-}
 # Extra top-level YAML appended to every ward policy (idle.sh sets server limits with it).
@@ -305,7 +306,7 @@ render() {
     local in=$1 out=$2
     shift 2
     # shellcheck disable=SC2016 # the names are for envsubst, not for the shell
-    env "$@" envsubst '${NGINX_USER} ${RUN_DIR} ${CERT} ${KEY} ${CERT_BUNDLE} ${UPSTREAM_PORT} ${UPSTREAM_H2C_PORT} ${UPSTREAM_TLS_PORT} ${HAPROXY_PORT} ${NGINX_PORT} ${MAXCONN} ${JWT_ISSUER} ${JWT_AUDIENCE} ${JWT_PUBKEY}' <"$in" >"$out"
+    env "$@" envsubst '${NGINX_USER} ${RUN_DIR} ${CERT} ${KEY} ${CERT_BUNDLE} ${UPSTREAM_PORT} ${UPSTREAM_H2C_PORT} ${UPSTREAM_TLS_PORT} ${HAPROXY_PORT} ${NGINX_PORT} ${MAXCONN} ${NGINX_MAXCONN} ${JWT_ISSUER} ${JWT_AUDIENCE} ${JWT_PUBKEY}' <"$in" >"$out"
 }
 
 # ---------------------------------------------------------------- material
