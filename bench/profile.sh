@@ -11,6 +11,8 @@
 #   PROFILES="ward-jwt:h1"   CASE:PROTO pairs, each profiled in turn (cases and protocols as in
 #                            bench/proxy.sh)
 #   DURATION=20 WARMUP=2 CONNECTIONS=64 FREQ=999 (samples per second)
+# Each profile first runs the same load for DURATION without perf (throughput, CPU per request
+# split into user and system time), then again under perf.
 #   OUT=bench/results/profile.md   empty: print only
 set -Eeuo pipefail
 
@@ -24,12 +26,32 @@ CONNECTIONS=${CONNECTIONS:-64}
 FREQ=${FREQ:-999}
 OUT=${OUT-$BENCH_DIR/results/profile.md}
 
+# user_sys PID: "utime stime" clock ticks of one process so far.
+user_sys() {
+    local stat rest f
+    stat=$(cat "/proc/$1/stat")
+    rest=${stat##*) }
+    read -r -a f <<<"$rest"
+    echo "${f[11]} ${f[12]}"
+}
+
 profile() {
     local c=${1%%:*} proto=${1#*:} srv pid hz before after req rps p99 cpu
     srv=$(server "$c")
     pid=${PIDS[$srv]}
     hz=$(getconf CLK_TCK)
     if ((WARMUP > 0)); then load "$c" "$proto" "$WARMUP" "$RUN_DIR/warmup.out"; fi
+    # First the same load without perf: perf itself costs (its events are switched at every
+    # context switch of the process), so this is the reference for throughput and CPU, split
+    # into user and system time.
+    local u0 s0 u1 s1 plain
+    read -r u0 s0 < <(user_sys "$pid")
+    load "$c" "$proto" "$DURATION" "$RUN_DIR/plain-$c-$proto.out"
+    read -r u1 s1 < <(user_sys "$pid")
+    read -r req rps _ p99 _ <"$RUN_DIR/plain-$c-$proto.out.result"
+    plain=$(awk -v u=$((u1 - u0)) -v s=$((s1 - s0)) -v hz="$hz" -v n="$req" -v r="$rps" -v p="$p99" 'BEGIN {
+        printf "%.0f req/s, p99 %s ms, %.2f µs of CPU per request: %.2f user + %.2f system (%.0f %% system)",
+            r, p, (u + s) / hz * 1e6 / n, u / hz * 1e6 / n, s / hz * 1e6 / n, 100 * s / (u + s) }')
     before=$(cpu_ticks "$srv")
     # perf samples the proxy for the whole measured load; the load is bounded by its duration.
     timeout $((DURATION + 30)) perf record -q -e cpu-clock -F "$FREQ" -p "$pid" -o "$RUN_DIR/perf-$c-$proto.data" \
@@ -45,10 +67,12 @@ profile() {
     local samples
     samples=$(sed -n 's/^# Samples: \([^ ]*\) .*/\1/p' "$RUN_DIR/perf-$c-$proto.txt" | head -1)
     printf '\n## %s, %s\n\n' "$c" "$proto"
-    printf '%s: %.0f req/s, p99 %s ms, %s µs of CPU per request (user + system, during the profile);\n' \
-        "$c" "$rps" "$p99" "$cpu"
-    printf '%s cpu-clock samples at %s Hz over %s s. The µs column is the share times the CPU per request.\n\n' \
-        "$samples" "$FREQ" "$DURATION"
+    printf 'Without perf: %s.\n' "$plain"
+    printf 'Under perf: %.0f req/s, p99 %s ms, %s µs of CPU per request; %s cpu-clock samples at %s Hz over %s s.\n' \
+        "$rps" "$p99" "$cpu" "$samples" "$FREQ" "$DURATION"
+    printf 'The µs column is the share times the CPU per request under perf; the kernel share includes perf'"'"'s\n'
+    # shellcheck disable=SC2016 # Markdown
+    printf 'own work at each context switch (in `finish_task_switch`), which the figures without perf do not have.\n\n'
     "$PYTHON" "$BENCH_DIR/components.py" perf "$RUN_DIR/perf-$c-$proto.txt" "$cpu" 30
 }
 
