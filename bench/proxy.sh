@@ -1,281 +1,72 @@
 #!/usr/bin/env bash
-# Benchmark ward against HAProxy and nginx (issue 2, "Performance").
+# Benchmark ward against HAProxy and nginx (issue 2, "Performance"; issue 6, "Performance";
+# issue 9, item 6).
 #
 # One interleaved run: every round runs each protocol against each case, in a
 # rotated order, so that drift on a shared machine spreads over all cases.
-# Cases: the upstream direct (plain HTTP), the upstream behind TLS only, ward,
-# HAProxy and nginx, the three proxies with the same policy (TLS, a rate limit
-# that never triggers, security headers, a 1 MiB body limit).
+# Cases (bench/lib.sh has the list): the upstream direct (plain HTTP), the
+# upstream behind TLS only, ward, HAProxy and nginx with the same policy (TLS, a
+# rate limit that never triggers, security headers, a 1 MiB body limit); ward
+# and HAProxy with JWT verification on top (a hot token, 10,000 distinct tokens,
+# ward also without its verified-token cache); ward with its limit in Redis.
 # The load generator runs on one core, the proxy and the upstream on the other.
 #
 # Usage: bench/proxy.sh            (from anywhere; root installs missing tools)
-# Settings, from the environment:
+# Settings, from the environment (and those of bench/lib.sh):
 #   DURATION=10     seconds of each measured load run
 #   WARMUP=2        seconds of load before each measured run, not measured
 #   ROUNDS=3        interleaved rounds; the table shows the median of rounds
 #   CONNECTIONS=64  keep-alive connections
-#   CASES="upstream upstream-tls ward haproxy nginx"
+#   CASES="upstream upstream-tls ward ward-jwt ward-jwt10k ward-jwt10k-nocache
+#          ward-redis haproxy haproxy-jwt haproxy-jwt10k nginx"
 #   PROTOCOLS="h1 h2 h2m10"   h1: wrk; h2: h2load, 1 stream per connection;
-#                             h2m10: h2load, 10 concurrent streams per connection
-#   LOAD_CPU=0 PROXY_CPU=1    cores for the load generator and for the servers
-#   PORT_BASE=18080           ports PORT_BASE..PORT_BASE+6 on 127.0.0.1
-#   WARD_BIN=target/release/ward   built with cargo build --release if missing
-#   KEEP=DIR        keep the raw outputs, logs and rendered configs in DIR
+#                             h2m10: h2load, 10 concurrent streams per connection;
+#                             also h1cN: wrk with N connections (h1c1: latency unloaded)
+#   RESULTS=bench/results/proxy   writes RESULTS.csv (every run of every round)
+#                             and RESULTS.txt (what the script prints); empty: none
 set -Eeuo pipefail
 
-BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO_DIR=$(dirname "$BENCH_DIR")
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
-CASES=${CASES:-upstream upstream-tls ward haproxy nginx}
+CASES=${CASES:-$ALL_CASES}
 PROTOCOLS=${PROTOCOLS:-h1 h2 h2m10}
-LOAD_CPU=${LOAD_CPU:-0}
-PROXY_CPU=${PROXY_CPU:-1}
-PORT_BASE=${PORT_BASE:-18080}
-WARD_BIN=${WARD_BIN:-$REPO_DIR/target/release/ward}
-KEEP=${KEEP:-}
+RESULTS=${RESULTS-$BENCH_DIR/results/proxy}
 
-export UPSTREAM_PORT=$((PORT_BASE))
-export UPSTREAM_H2C_PORT=$((PORT_BASE + 1))
-export UPSTREAM_TLS_PORT=$((PORT_BASE + 2))
-export WARD_PORT=$((PORT_BASE + 3))
-export WARD_ADMIN_PORT=$((PORT_BASE + 4))
-export HAPROXY_PORT=$((PORT_BASE + 5))
-export NGINX_PORT=$((PORT_BASE + 6))
+# ---------------------------------------------------------------- checks before the load
 
-log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
-die() { log "error: $*"; exit 1; }
-
-has_case() { [[ " $CASES " == *" $1 "* ]]; }
-
-# ---------------------------------------------------------------- tools
-
-ensure_tools() {
-    local missing=()
-    command -v wrk >/dev/null || missing+=(wrk)
-    command -v h2load >/dev/null || missing+=(nghttp2-client)
-    command -v nginx >/dev/null || missing+=(nginx-light)
-    if has_case haproxy && ! command -v haproxy >/dev/null; then missing+=(haproxy); fi
-    command -v openssl >/dev/null || missing+=(openssl)
-    command -v curl >/dev/null || missing+=(curl)
-    command -v envsubst >/dev/null || missing+=(gettext-base)
-    command -v taskset >/dev/null || missing+=(util-linux)
-    ((${#missing[@]} == 0)) && return
-    [[ $(id -u) == 0 ]] || die "missing packages: ${missing[*]} (run as root, or apt-get install them)"
-    log "installing ${missing[*]}"
-    # Installing nginx or haproxy must not start the system services.
-    local own_policy_rc=""
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod +x /usr/sbin/policy-rc.d
-        own_policy_rc=1
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    if [[ -n $own_policy_rc ]]; then rm -f /usr/sbin/policy-rc.d; fi
-}
-
-ensure_ward() {
-    has_case ward || return 0
-    if [[ ! -x $WARD_BIN ]]; then
-        log "no ward binary at $WARD_BIN: cargo build --release"
-        (cd "$REPO_DIR" && cargo build --release --quiet)
-        [[ -x $WARD_BIN ]] || die "cargo build did not produce $WARD_BIN"
-    fi
-}
-
-# ---------------------------------------------------------------- processes
-
-RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/ward-bench.XXXXXX")
-export RUN_DIR
-declare -A PIDS=() # servers we started, by name
-LOAD_PID=          # the load generator running now, if any
-
-# shellcheck disable=SC2317 # run by the EXIT trap
-cleanup() {
-    local status=$? name pid i
-    trap - EXIT INT TERM
-    if [[ -n $LOAD_PID ]]; then
-        kill "$LOAD_PID" 2>/dev/null || true
-        wait "$LOAD_PID" 2>/dev/null || true
-    fi
-    for name in "${!PIDS[@]}"; do
-        pid=${PIDS[$name]}
-        kill "$pid" 2>/dev/null || true
-    done
-    for name in "${!PIDS[@]}"; do
-        pid=${PIDS[$name]}
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ -n $KEEP ]]; then
-        mkdir -p "$KEEP"
-        cp -r "$RUN_DIR"/. "$KEEP"/
-        rm -f "$KEEP"/tls/key.pem "$KEEP"/tls/bundle.pem
-        log "raw outputs kept in $KEEP"
-    fi
-    rm -rf "$RUN_DIR"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'log "error: line $LINENO: $BASH_COMMAND"' ERR
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# start NAME CMD...: run CMD on the servers' core, output to RUN_DIR/NAME.out.
-start() {
-    local name=$1
-    shift
-    # Appending, so that truncate_logs can empty the file under the server.
-    taskset -c "$PROXY_CPU" "$@" >>"$RUN_DIR/$name.out" 2>&1 &
-    PIDS[$name]=$!
-}
-
-# wait_port NAME PORT: up to 15 s for NAME to accept on PORT.
-wait_port() {
-    local name=$1 port=$2 i
-    for ((i = 0; i < 150; i++)); do
-        kill -0 "${PIDS[$name]}" 2>/dev/null || {
-            cat "$RUN_DIR/$name.out" >&2
-            die "$name exited at start"
-        }
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return; fi
-        sleep 0.1
-    done
-    die "$name does not listen on 127.0.0.1:$port after 15 s"
-}
-
-# wait_ready: up to 15 s for ward's admin /readyz to answer 200 (policy loaded,
-# upstream reachable); only a warning after that, the load will tell.
-wait_ready() {
-    local i
-    for ((i = 0; i < 150; i++)); do
-        if [[ $(curl -s --max-time 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$WARD_ADMIN_PORT/readyz" || true) == 200 ]]; then
-            return
-        fi
-        sleep 0.1
-    done
-    log "warning: ward's /readyz on 127.0.0.1:$WARD_ADMIN_PORT did not answer 200 within 15 s"
-}
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# pids_of NAME: the process and its children (nginx's worker).
-pids_of() {
-    local pid=${PIDS[$1]}
-    printf '%s\n' "$pid"
-    cat "/proc/$pid/task/"*/children 2>/dev/null | tr ' ' '\n' | grep . || true
-}
-
-# cpu_ticks NAME: user + system clock ticks of NAME's processes so far.
-cpu_ticks() {
-    local pid total=0 stat rest f
-    for pid in $(pids_of "$1"); do
-        stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-        rest=${stat##*) }   # fields after "pid (comm) "
-        # rest starts at field 3 (state); utime and stime are fields 14 and 15.
-        read -r -a f <<<"$rest"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
-
-render() { # render TEMPLATE OUT: envsubst with our names only
-    # shellcheck disable=SC2016 # the names are for envsubst, not for the shell
-    envsubst '${NGINX_USER} ${RUN_DIR} ${CERT} ${KEY} ${CERT_BUNDLE} ${UPSTREAM_PORT} ${UPSTREAM_H2C_PORT} ${UPSTREAM_TLS_PORT} ${HAPROXY_PORT} ${NGINX_PORT}' <"$1" >"$2"
-}
-
-start_servers() {
-    # Certificates and ward's policy live in their own directories, as in a pod (Secret and ConfigMap
-    # mounts): ward watches both, and the servers' logs in RUN_DIR must not wake its watchers.
-    mkdir -p "$RUN_DIR/tls" "$RUN_DIR/policy"
-    export CERT=$RUN_DIR/tls/cert.pem KEY=$RUN_DIR/tls/key.pem CERT_BUNDLE=$RUN_DIR/tls/bundle.pem
-    NGINX_USER=$(id -un)
-    export NGINX_USER
-    # A throwaway certificate for this run only; the key never leaves RUN_DIR.
-    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-        -keyout "$KEY" -out "$CERT" -days 1 -subj /CN=localhost \
-        -addext 'subjectAltName=IP:127.0.0.1,DNS:localhost' 2>/dev/null
-    cat "$CERT" "$KEY" >"$CERT_BUNDLE"
-
-    local port
-    for port in $(seq "$PORT_BASE" $((PORT_BASE + 6))); do
-        port_free "$port" || die "127.0.0.1:$port is in use (set PORT_BASE)"
-    done
-
-    render "$BENCH_DIR/upstream-nginx.conf" "$RUN_DIR/upstream-nginx.conf"
-    start upstream nginx -p "$RUN_DIR" -c "$RUN_DIR/upstream-nginx.conf"
-    wait_port upstream "$UPSTREAM_PORT"
-
-    if has_case haproxy; then
-        render "$BENCH_DIR/haproxy.cfg" "$RUN_DIR/haproxy.cfg"
-        haproxy -c -q -f "$RUN_DIR/haproxy.cfg" || die "haproxy.cfg does not check"
-        start haproxy haproxy -db -f "$RUN_DIR/haproxy.cfg"
-        wait_port haproxy "$HAPROXY_PORT"
-    fi
-    if has_case nginx; then
-        render "$BENCH_DIR/nginx.conf" "$RUN_DIR/nginx.conf"
-        start nginx nginx -p "$RUN_DIR" -c "$RUN_DIR/nginx.conf"
-        wait_port nginx "$NGINX_PORT"
-    fi
-    if has_case ward; then
-        sed "s|url: http://127.0.0.1:[0-9]*|url: http://127.0.0.1:$UPSTREAM_PORT|" \
-            "$BENCH_DIR/ward-policy.yaml" >"$RUN_DIR/policy/ward-policy.yaml"
-        start ward "$WARD_BIN" proxy \
-            --listen "127.0.0.1:$WARD_PORT" --admin-listen "127.0.0.1:$WARD_ADMIN_PORT" \
-            --tls-cert "$CERT" --tls-key "$KEY" --policy "$RUN_DIR/policy/ward-policy.yaml" \
-            --worker-threads 1
-        wait_port ward "$WARD_PORT"
-        wait_ready
-    fi
-}
-
-# ---------------------------------------------------------------- cases
-
-# url CASE PROTO: where the load goes.
-url() {
-    case $1 in
-        upstream) [[ $2 == h1 ]] && echo "http://127.0.0.1:$UPSTREAM_PORT/" || echo "http://127.0.0.1:$UPSTREAM_H2C_PORT/" ;;
-        upstream-tls) echo "https://127.0.0.1:$UPSTREAM_TLS_PORT/" ;;
-        ward) echo "https://127.0.0.1:$WARD_PORT/" ;;
-        haproxy) echo "https://127.0.0.1:$HAPROXY_PORT/" ;;
-        nginx) echo "https://127.0.0.1:$NGINX_PORT/" ;;
-    esac
-}
-
-# server CASE: the process whose CPU time is "the proxy" for CASE.
-server() {
-    case $1 in
-        upstream | upstream-tls) echo upstream ;;
-        *) echo "$1" ;;
-    esac
+# auth_curl CASE: curl arguments that authenticate a check request of CASE, if it needs them.
+auth_curl() {
+    if is_jwt "$1"; then printf '%s\n' -H "Authorization: Bearer $(token_of "$1")"; fi
 }
 
 # Before the load: show what each case answers, and check that the policy is
 # really the same (headers, Server, body limit on Content-Length and chunked).
+# JWT cases are asked with a valid token, so that what is shown is a 200.
 check_equivalence() {
     local c u headers h missing big cl chunked
+    local -a auth
     big=$RUN_DIR/body-2MiB
     head -c $((2 * 1024 * 1024)) /dev/zero >"$big"
-    printf '\nWhat each case answers (2 MiB bodies expect 413 from the proxies):\n'
-    printf '%-13s %-6s %-36s %-16s %-10s %-13s %s\n' case alpn tls missing-headers server length-2MiB chunked-2MiB
+    printf '\nWhat each case answers (2 MiB bodies expect 413 from the proxies; JWT cases with a valid token):\n'
+    printf '%-20s %-6s %-36s %-16s %-10s %-13s %s\n' case alpn tls missing-headers server length-2MiB chunked-2MiB
     for c in $CASES; do
         u=$(url "$c" h1)
-        headers=$(curl -sk --http1.1 --max-time 5 -o /dev/null -D - "$u" | tr -d '\r')
+        mapfile -t auth < <(auth_curl "$c")
+        headers=$(curl -sk --http1.1 --max-time 5 ${auth[@]+"${auth[@]}"} -o /dev/null -D - "$u" | tr -d '\r')
         missing=""
         for h in strict-transport-security x-content-type-options x-frame-options \
             referrer-policy content-security-policy cache-control; do
             grep -qi "^$h:" <<<"$headers" || missing+="$h "
         done
         [[ $c == upstream* ]] && missing="(no policy)"
-        local srv alpn tls
+        local srv alpn tls status
+        status=$(head -1 <<<"$headers" | cut -d' ' -f2)
+        [[ $status == 200 ]] || die "$c answers $status to a plain GET (with a valid token where needed)"
         srv=$(grep -i '^server:' <<<"$headers" | cut -d' ' -f2- || true)
         alpn=-
         tls=plain
@@ -285,108 +76,151 @@ check_equivalence() {
             tls=$(sed -n 's/^New, \([^,]*\), Cipher is \(.*\)/\1 \2/p' <<<"$hs" | head -1)
             alpn=$(sed -n 's/^ALPN protocol: //p' <<<"$hs" | head -1)
         fi
-        cl=$(curl -sk --http1.1 --max-time 10 -o /dev/null -w '%{http_code}' --data-binary "@$big" "${u%/}/upload" || true)
-        chunked=$(curl -sk --http1.1 --max-time 10 -o /dev/null -w '%{http_code}' -H 'Transfer-Encoding: chunked' \
+        cl=$(curl -sk --http1.1 --max-time 10 ${auth[@]+"${auth[@]}"} -o /dev/null -w '%{http_code}' \
             --data-binary "@$big" "${u%/}/upload" || true)
-        printf '%-13s %-6s %-36s %-16s %-10s %-13s %s\n' "$c" "${alpn:--}" "${tls:--}" "${missing:-none}" \
+        chunked=$(curl -sk --http1.1 --max-time 10 ${auth[@]+"${auth[@]}"} -o /dev/null -w '%{http_code}' \
+            -H 'Transfer-Encoding: chunked' --data-binary "@$big" "${u%/}/upload" || true)
+        printf '%-20s %-6s %-36s %-16s %-10s %-13s %s\n' "$c" "${alpn:--}" "${tls:--}" "${missing:-none}" \
             "${srv:-(none)}" "$cl" "$chunked"
     done
     rm -f "$big"
 }
 
-# latency_ms VALUE: wrk's "523.00us" / "1.23ms" / "1.02s" in milliseconds.
-latency_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
-        printf "%.3f", n }'
+# status_both URL [CURL ARGS...]: the status over HTTP/1.1 and HTTP/2, "401" when they agree,
+# "401/200" when not.
+status_both() {
+    local u=$1 a b
+    shift
+    a=$(curl -sk --http1.1 --max-time 5 -o /dev/null -w '%{http_code}' "$@" "$u" || true)
+    b=$(curl -sk --http2 --max-time 5 -o /dev/null -w '%{http_code}' "$@" "$u" || true)
+    [[ $a == "$b" ]] && echo "$a" || echo "$a/$b"
 }
 
-# bounded SECONDS OUT CMD...: run CMD on the load generator's core for at most
-# SECONDS, output to OUT, and its CPU seconds to OUT.cpu. In the background, so
-# that a signal reaches our trap at once and the cleanup can stop it.
-bounded() {
-    local secs=$1 out=$2 status=0
-    shift 2
-    # The shell's "children" times grow by what each reaped child used,
-    # grandchildren included: here, the load generator.
-    times >"$out.t0"
-    timeout "$secs" taskset -c "$LOAD_CPU" "$@" >"$out" 2>&1 &
-    LOAD_PID=$!
-    wait "$LOAD_PID" || status=$?
-    LOAD_PID=
-    times >"$out.t1"
-    awk 'function sec(t) { split(t, a, "m"); return a[1] * 60 + a[2] }
-        FNR == 2 { c[FILENAME] = sec($1) + sec($2) }
-        END { printf "%.3f\n", c[ARGV[2]] - c[ARGV[1]] }' "$out.t0" "$out.t1" >"$out.cpu"
-    rm -f "$out.t0" "$out.t1"
-    return "$status"
+# check_jwt: every JWT case refuses each bad token (401) and accepts a valid one (200), in the
+# Authorization header and in the query (how the h2 load sends the 10,000 tokens), over HTTP/1.1
+# and HTTP/2. A case that does not is fatal: its figures would mean nothing.
+check_jwt() {
+    any_case is_jwt || return 0
+    local c u bad got want row failed=""
+    local -a kinds=(forged tampered expired wrong-aud wrong-iss alg-none)
+    printf '\nJWT checks, HTTP/1.1 and HTTP/2 (expect 401 for every bad token, 200 for a valid one):\n'
+    printf '%-20s %-8s' case no-token
+    printf ' %-9s' "${kinds[@]}"
+    printf ' %-7s %-9s %-9s %s\n' valid q-valid q-forged result
+    for c in $CASES; do
+        is_jwt "$c" || continue
+        u=$(url "$c" h1)
+        row=$(printf '%-20s %-8s' "$c" "$(status_both "$u")")
+        want="401"
+        for bad in "${kinds[@]}"; do
+            got=$(status_both "$u" -H "Authorization: Bearer $(cat "$RUN_DIR/jwt/bad-$bad.txt")")
+            row+=$(printf ' %-9s' "$got")
+            want+=" 401"
+        done
+        row+=$(printf ' %-7s' "$(status_both "$u" -H "Authorization: Bearer $(token_of "$c")")")
+        row+=$(printf ' %-9s' "$(status_both "${u}?access_token=$(token_of "$c")")")
+        row+=$(printf ' %-9s' "$(status_both "${u}?access_token=$(cat "$RUN_DIR/jwt/bad-forged.txt")")")
+        want+=" 200 200 401"
+        # The statuses in the row, after the case name, against what they must be.
+        if [[ $(awk '{$1 = ""; print substr($0, 2)}' <<<"$row") == "$want" ]]; then
+            printf '%s ok\n' "$row"
+        else
+            printf '%s WRONG\n' "$row"
+            failed+=" $c"
+        fi
+    done
+    [[ -z $failed ]] || die "JWT checks failed for:$failed"
 }
 
-# load PROTO URL SECONDS OUT: one load run; writes "requests rps p50_ms p99_ms
-# errors" to OUT.result.
-load() {
-    local proto=$1 u=$2 secs=$3 out=$4 streams=1
-    case $proto in
-        h1)
-            bounded $((secs + 30)) "$out" \
-                wrk -t1 -c"$CONNECTIONS" -d"${secs}s" --timeout 5s --latency "$u" ||
-                die "wrk failed: $(tail -3 "$out")"
-            local req rps p50 p99 err
-            req=$(awk '/requests in/ {print $1}' "$out")
-            rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
-            p50=$(latency_ms "$(awk '$1 == "50%" {print $2}' "$out")")
-            p99=$(latency_ms "$(awk '$1 == "99%" {print $2}' "$out")")
-            err=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/[^0-9 ]/, " "); n += $1 + $2 + $3 + $4} END {print n + 0}' "$out")
-            echo "$req $rps $p50 $p99 $err" >"$out.result"
-            ;;
-        h2 | h2m*)
-            [[ $proto == h2m* ]] && streams=${proto#h2m}
-            bounded $((secs + 30)) "$out" \
-                h2load -t1 -c"$CONNECTIONS" -m"$streams" -D "$secs" --log-file="$out.log" "$u" ||
-                die "h2load failed: $(tail -3 "$out")"
-            grep -q '^Application protocol: h2' "$out" ||
-                die "h2load did not speak h2 to $u: $(grep -i 'protocol' "$out")"
-            local req rps err p50 p99
-            req=$(awk '/^requests:/ {print $8}' "$out")
-            rps=$(awk '/^finished in/ {print $4}' "$out")
-            err=$(awk '/^requests:/ {n += $10 + $12 + $14} /^status codes:/ {n += $5 + $7 + $9} END {print n + 0}' "$out")
-            read -r p50 p99 < <(cut -f3 "$out.log" | sort -n | awk '{a[NR] = $1}
-                END { if (NR == 0) { print "0 0"; exit }
-                      i50 = int(NR * 0.50); if (i50 < 1) i50 = 1
-                      i99 = int(NR * 0.99); if (i99 < 1) i99 = 1
-                      printf "%.3f %.3f\n", a[i50] / 1000, a[i99] / 1000 }')
-            rm -f "$out.log"
-            echo "$req $rps $p50 $p99 $err" >"$out.result"
-            ;;
-        *) die "unknown protocol $proto" ;;
-    esac
+# check_redis: ward-redis really counts in Redis (one call per request), its Redis is up.
+check_redis() {
+    has_case ward-redis || return 0
+    local before after up
+    before=$(ward_metric ward-redis ward_redis_call_duration_seconds_count)
+    curl -sk --max-time 5 -o /dev/null "$(url ward-redis h1)"
+    after=$(ward_metric ward-redis ward_redis_call_duration_seconds_count)
+    up=$(ward_metric ward-redis ward_redis_up)
+    printf '\nward-redis: Redis %s (up %s), key prefix %s, Redis calls for one request: %s\n' \
+        "$REDIS_URL" "$up" "$REDIS_PREFIX" $((after - before))
+    ((up == 1 && after > before)) || die "ward-redis does not count in Redis"
 }
 
-# truncate_logs: empty the request logs (ward's and HAProxy's stdout, nginx's
-# access log) between runs, so that a long run does not fill the disk. The
-# servers write them in append mode, so they go on at the new end.
-truncate_logs() {
-    local f
-    for f in ward.out haproxy.out nginx-access.log; do
-        if [[ -f $RUN_DIR/$f ]]; then : >"$RUN_DIR/$f"; fi
+# prime_caches: before the rounds, send each of the TOKENS tokens once to every ward case that
+# caches them (one h2load connection walking the token list, 64 streams at a time), so that every
+# measured run of ward-jwt10k is a run of cache hits, as after any warm-up in production.
+prime_caches() {
+    local c entries
+    for c in $CASES; do
+        if ! { is_ward "$c" && many_tokens "$c" && [[ $c != *-nocache ]]; }; then continue; fi
+        bounded 300 "$RUN_DIR/prime-$c.out" \
+            h2load -c1 -m64 -n "$TOKENS" -i "$RUN_DIR/jwt/uris-$c.txt" || die "priming $c failed"
+        entries=$(ward_metric "$c" ward_token_cache_entries)
+        printf '\n%s: token cache primed with the %s tokens, %s entries\n' "$c" "$TOKENS" "$entries"
+        ((entries >= TOKENS)) || die "$c's token cache holds $entries entries, fewer than the $TOKENS tokens"
     done
 }
 
+# ---------------------------------------------------------------- load
+
+# truncate_logs: empty the request logs (each server's output, nginx's access
+# log) between runs, so that a long run does not fill the disk. The servers
+# write them in append mode, so they go on at the new end.
+truncate_logs() {
+    local f name
+    for name in "${!PIDS[@]}" nginx-access; do
+        for f in "$RUN_DIR/$name.out" "$RUN_DIR/$name.log"; do
+            if [[ -f $f ]]; then : >"$f"; fi
+        done
+    done
+}
+
+REDIS_PID=
+redis_ticks() { if [[ -n $REDIS_PID ]]; then cpu_ticks_pid "$REDIS_PID"; else echo 0; fi; }
+
 # measure ROUND CASE PROTO: warm up, run, append one line to results.tsv.
 measure() {
-    local round=$1 c=$2 proto=$3 u srv hz before up_before after up_after
-    u=$(url "$c" "$proto")
+    local round=$1 c=$2 proto=$3 srv hz before up_before after up_after
     srv=$(server "$c")
     hz=$(getconf CLK_TCK)
-    if ((WARMUP > 0)); then load "$proto" "$u" "$WARMUP" "$RUN_DIR/warmup.out"; fi
+    if ((WARMUP > 0)); then load "$c" "$proto" "$WARMUP" "$RUN_DIR/warmup.out"; fi
+    # What only some cases have: Redis's own CPU and calls, the token cache's hits.
+    local r_before=0 calls_before=0 hit_before=0 miss_before=0 fb_before=0 to_before=0 bo_before=0
+    if [[ $c == ward-redis ]]; then
+        r_before=$(redis_ticks)
+        calls_before=$(ward_metric "$c" ward_redis_call_duration_seconds_count)
+        fb_before=$(ward_metric "$c" ward_rate_limit_fallbacks_total)
+        to_before=$(ward_metric "$c" 'ward_redis_errors_total{kind="timeout"')
+        bo_before=$(ward_metric "$c" 'ward_redis_errors_total{kind="breaker_open"')
+    fi
+    if is_ward "$c" && is_jwt "$c"; then
+        hit_before=$(ward_metric "$c" 'ward_token_cache_lookups_total{result="hit"}')
+        miss_before=$(ward_metric "$c" 'ward_token_cache_lookups_total{result="miss"}')
+    fi
     before=$(cpu_ticks "$srv")
     up_before=$(cpu_ticks upstream)
     local out=$RUN_DIR/r$round-$c-$proto.out req rps p50 p99 err
-    load "$proto" "$u" "$DURATION" "$out"
+    load "$c" "$proto" "$DURATION" "$out"
     read -r req rps p50 p99 err <"$out.result"
     after=$(cpu_ticks "$srv")
     up_after=$(cpu_ticks upstream)
+    local redis_us=- redis_calls=- hit_pct=- fallbacks=- timeouts=- breaker=-
+    if [[ $c == ward-redis ]]; then
+        # Decisions taken locally because a Redis call failed, ran past its deadline or was
+        # not made (breaker open): not the Redis path, so they must be counted.
+        fallbacks=$(($(ward_metric "$c" ward_rate_limit_fallbacks_total) - fb_before))
+        timeouts=$(($(ward_metric "$c" 'ward_redis_errors_total{kind="timeout"') - to_before))
+        breaker=$(($(ward_metric "$c" 'ward_redis_errors_total{kind="breaker_open"') - bo_before))
+        redis_us=$(awk -v t=$(($(redis_ticks) - r_before)) -v hz="$hz" -v n="$req" 'BEGIN {printf "%.2f", n ? t / hz * 1e6 / n : 0}')
+        [[ -n $REDIS_PID ]] || redis_us=-
+        redis_calls=$(awk -v t=$(($(ward_metric "$c" ward_redis_call_duration_seconds_count) - calls_before)) -v n="$req" \
+            'BEGIN {printf "%.2f", n ? t / n : 0}')
+    fi
+    if is_ward "$c" && is_jwt "$c"; then
+        local hits misses
+        hits=$(($(ward_metric "$c" 'ward_token_cache_lookups_total{result="hit"}') - hit_before))
+        misses=$(($(ward_metric "$c" 'ward_token_cache_lookups_total{result="miss"}') - miss_before))
+        hit_pct=$(awk -v h="$hits" -v m="$misses" 'BEGIN {printf "%.1f", h + m ? 100 * h / (h + m) : 0}')
+    fi
     local cpu up_cpu
     cpu=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$req" 'BEGIN {printf "%.2f", n ? t / hz * 1e6 / n : 0}')
     up_cpu=$(awk -v t=$((up_after - up_before)) -v hz="$hz" -v n="$req" 'BEGIN {printf "%.2f", n ? t / hz * 1e6 / n : 0}')
@@ -396,35 +230,63 @@ measure() {
     [[ $srv == upstream ]] && busy=$((after - before)) && up_cpu=-
     srv_pct=$(awk -v t="$busy" -v hz="$hz" -v d="$DURATION" 'BEGIN {printf "%.0f", t / hz / d * 100}')
     gen_pct=$(awk -v t="$(cat "$out.cpu")" -v d="$DURATION" 'BEGIN {printf "%.0f", t / d * 100}')
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$c" "$proto" "$rps" "$p50" "$p99" \
-        "$cpu" "$up_cpu" "$err" "$srv_pct" "$gen_pct" >>"$RUN_DIR/results.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$c" "$proto" "$rps" "$p50" "$p99" \
+        "$cpu" "$up_cpu" "$err" "$srv_pct" "$gen_pct" "$redis_us" "$redis_calls" "$hit_pct" \
+        "$fallbacks" "$timeouts" "$breaker" "$req" >>"$RUN_DIR/results.tsv"
     truncate_logs
-    log "round $round  $(printf '%-12s %-6s %8.0f req/s  p50 %7.3f ms  p99 %7.3f ms  %6s + %6s us/req  cores %3s%% %3s%%  %s errors' \
+    log "round $round  $(printf '%-19s %-6s %8.0f req/s  p50 %7.3f ms  p99 %7.3f ms  %6s + %6s us/req  cores %3s%% %3s%%  %s errors' \
         "$c" "$proto" "$rps" "$p50" "$p99" "$cpu" "$up_cpu" "$srv_pct" "$gen_pct" "$err")"
 }
+
+# ---------------------------------------------------------------- report
 
 median() {
     sort -g | awk '{a[NR] = $1} END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
-# column CASE PROTO N: the medians of column N over the rounds.
+# column CASE PROTO N: the median of column N over the rounds ("nan" if none).
 column() {
-    awk -F'\t' -v c="$1" -v p="$2" -v n="$3" '$2 == c && $3 == p {print $n}' "$RUN_DIR/results.tsv" | median
+    awk -F'\t' -v c="$1" -v p="$2" -v n="$3" '$2 == c && $3 == p && $n != "-" {print $n}' "$RUN_DIR/results.tsv" | median
+}
+
+# spread CASE PROTO N: half the range of column N over the rounds, in % of its median.
+spread() {
+    local m
+    m=$(column "$1" "$2" "$3")
+    awk -F'\t' -v c="$1" -v p="$2" -v n="$3" -v m="$m" '$2 == c && $3 == p {
+            if (k++ == 0 || $n < lo) lo = $n; if ($n > hi) hi = $n }
+        END { if (!k || m == "nan" || m + 0 == 0) print "-"; else printf "%.0f\n", (hi - lo) / 2 / m * 100 }' \
+        "$RUN_DIR/results.tsv"
+}
+
+# peer CASE: the HAProxy case doing the same work, if it ran.
+peer() {
+    local p
+    case $1 in
+        ward-jwt | haproxy-jwt) p=haproxy-jwt ;;
+        *-jwt10k*) p=haproxy-jwt10k && { has_case $p || p=haproxy-jwt; } ;;
+        *) p=haproxy ;;
+    esac
+    if has_case "$p"; then echo "$p"; fi
+}
+
+# ratio A B: A / B with two decimals, "-" when either is missing.
+ratio() {
+    awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || a == "" || b == "" || b + 0 == 0) print "-"; else printf "%.2f\n", a / b }'
 }
 
 report() {
-    local proto c rps p50 p99 cpu up err hrps hp99 hcpu srv_pct gen_pct
+    local proto c rps p50 p99 cpu up err srv_pct gen_pct p
     printf '\nMedian of %s rounds, %s s each, %s connections; load on core %s, servers on core %s.\n' \
         "$ROUNDS" "$DURATION" "$CONNECTIONS" "$LOAD_CPU" "$PROXY_CPU"
     printf 'CPU: user+system time of the proxy process (nginx: master and worker) per request;\n'
     printf 'upstr_us/r: the same for the upstream nginx behind a proxy. srv%%: how busy the servers core was\n'
-    printf '(proxy + upstream); gen%%: how busy the load generator was. Ratios are x/haproxy.\n\n'
-    printf '%-13s %-6s %8s %8s %8s %10s %10s %5s %5s %6s %7s %7s %7s\n' \
-        case proto req/s p50_ms p99_ms cpu_us/req upstr_us/r srv% gen% errors rps/hap p99/hap cpu/hap
+    printf '(proxy + upstream); gen%%: how busy the load generator was. ±%%: half the range over the rounds,\n'
+    printf 'in %% of the median. Ratios are against the HAProxy case doing the same work (peer): haproxy,\n'
+    printf 'haproxy-jwt for ward-jwt, haproxy-jwt10k for the ward-jwt10k cases.\n\n'
+    printf '%-20s %-6s %8s %5s %8s %8s %5s %10s %5s %10s %5s %5s %6s %8s %8s %8s\n' \
+        case proto req/s ±% p50_ms p99_ms ±% cpu_us/req ±% upstr_us/r srv% gen% errors rps/peer p99/peer cpu/peer
     for proto in $PROTOCOLS; do
-        hrps=$(column haproxy "$proto" 4)
-        hp99=$(column haproxy "$proto" 6)
-        hcpu=$(column haproxy "$proto" 7)
         for c in $CASES; do
             rps=$(column "$c" "$proto" 4)
             p50=$(column "$c" "$proto" 5)
@@ -435,13 +297,90 @@ report() {
             srv_pct=$(column "$c" "$proto" 10)
             gen_pct=$(column "$c" "$proto" 11)
             err=$(awk -F'\t' -v c="$c" -v p="$proto" '$2 == c && $3 == p {n += $9} END {print n + 0}' "$RUN_DIR/results.tsv")
-            awk -v c="$c" -v p="$proto" -v rps="$rps" -v p50="$p50" -v p99="$p99" -v cpu="$cpu" -v up="$up" \
-                -v err="$err" -v hrps="$hrps" -v hp99="$hp99" -v hcpu="$hcpu" -v sp="$srv_pct" -v gp="$gen_pct" \
-                'function ratio(a, b) { return (b == "nan" || b + 0 == 0 || a == "nan") ? "-" : sprintf("%.2f", a / b) }
-                BEGIN { printf "%-13s %-6s %8.0f %8.3f %8.3f %10s %10s %5.0f %5.0f %6d %7s %7s %7s\n",
-                    c, p, rps, p50, p99, cpu, up, sp, gp, err, ratio(rps, hrps), ratio(p99, hp99), ratio(cpu, hcpu) }'
+            p=$(peer "$c")
+            local rr=- pr=- cr=-
+            if [[ -n $p ]]; then
+                rr=$(ratio "$rps" "$(column "$p" "$proto" 4)")
+                pr=$(ratio "$p99" "$(column "$p" "$proto" 6)")
+                cr=$(ratio "$cpu" "$(column "$p" "$proto" 7)")
+            fi
+            printf '%-20s %-6s %8.0f %5s %8.3f %8.3f %5s %10s %5s %10s %5.0f %5.0f %6d %8s %8s %8s\n' \
+                "$c" "$proto" "$rps" "$(spread "$c" "$proto" 4)" "$p50" "$p99" "$(spread "$c" "$proto" 6)" \
+                "$cpu" "$(spread "$c" "$proto" 7)" "$up" "$srv_pct" "$gen_pct" "$err" "$rr" "$pr" "$cr"
         done
     done
+    notes
+    aims
+}
+
+# notes: what only some cases measure.
+notes() {
+    local proto c line
+    if has_case ward-redis; then
+        printf '\nward-redis, Redis server (unpinned, not in cpu_us/req or srv%%): '
+        for proto in $PROTOCOLS; do
+            printf '%s %s us/req and %s calls/req; ' "$proto" "$(column ward-redis "$proto" 12)" "$(column ward-redis "$proto" 13)"
+        done
+        printf '\nward-redis, decisions taken locally instead of in Redis (fallbacks; Redis timeouts; calls skipped\n'
+        printf 'with the breaker open), over all rounds of the measured runs:'
+        for proto in $PROTOCOLS; do
+            awk -F'\t' -v p="$proto" '$2 == "ward-redis" && $3 == p {f += $15; t += $16; b += $17; n += $18}
+                END { printf " %s %d of %d requests (%.2f %%; %d; %d);", p, f, n, n ? 100 * f / n : 0, t, b }' \
+                "$RUN_DIR/results.tsv"
+        done
+        printf '\n'
+    fi
+    line=""
+    for c in $CASES; do
+        if ! { is_ward "$c" && is_jwt "$c"; }; then continue; fi
+        line+="$c"
+        for proto in $PROTOCOLS; do line+=" $proto $(column "$c" "$proto" 14)%"; done
+        line+="; "
+    done
+    if [[ -n $line ]]; then printf '\nward token cache hits during the measured runs: %s\n' "$line"; fi
+}
+
+# aims: issue 6's aims, from this run's medians.
+aims() {
+    local proto a b v
+    printf '\nAims (issue 6), medians of this run:\n'
+    if has_case ward && has_case ward-jwt; then
+        for proto in $PROTOCOLS; do
+            a=$(column ward-jwt "$proto" 4)
+            b=$(column ward "$proto" 4)
+            awk -v p="$proto" -v a="$a" -v b="$b" -v ca="$(column ward-jwt "$proto" 7)" -v cb="$(column ward "$proto" 7)" 'BEGIN {
+                cost = (1 - a / b) * 100
+                printf "  hot-token JWT costs < 5 %% of ward'"'"'s req/s      %-6s %5.1f %% (%.0f vs %.0f req/s; CPU/req %+.1f %%)  %s\n",
+                    p, cost, a, b, (ca / cb - 1) * 100, cost < 5 ? "met" : "MISSED" }'
+        done
+    fi
+    if has_case ward-jwt && has_case haproxy-jwt; then
+        for proto in $PROTOCOLS; do
+            v=$(ratio "$(column ward-jwt "$proto" 4)" "$(column haproxy-jwt "$proto" 4)")
+            awk -v p="$proto" -v v="$v" 'BEGIN { printf "  ward-jwt >= 3x haproxy-jwt req/s            %-6s %5.2fx  %s\n", p, v, v >= 3 ? "met" : "MISSED" }'
+        done
+    fi
+    local c10 peer10
+    for c10 in ward-jwt10k ward-jwt10k-nocache; do
+        has_case "$c10" || continue
+        peer10=$(peer "$c10")
+        [[ -n $peer10 ]] || continue
+        for proto in $PROTOCOLS; do
+            v=$(ratio "$(column "$c10" "$proto" 4)" "$(column "$peer10" "$proto" 4)")
+            awk -v c="$c10" -v pc="$peer10" -v p="$proto" -v v="$v" \
+                'BEGIN { printf "  %s >= 1.5x %s req/s  %-6s %5.2fx  %s\n", c, pc, p, v, v >= 1.5 ? "met" : "MISSED" }'
+        done
+    done
+    if has_case ward && has_case ward-redis; then
+        for proto in $PROTOCOLS; do
+            a=$(column ward-redis "$proto" 6)
+            b=$(column ward "$proto" 6)
+            awk -v p="$proto" -v a="$a" -v b="$b" 'BEGIN {
+                d = a - b
+                printf "  Redis limiter adds <= 0.3 ms at p99          %-6s %+6.3f ms (%.3f vs %.3f ms)  %s\n",
+                    p, d, a, b, d <= 0.3 ? "met" : "MISSED" }'
+        done
+    fi
 }
 
 machine() {
@@ -449,22 +388,48 @@ machine() {
         "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)" "$(nproc)" "$(uname -sr)" \
         "$(cut -d' ' -f1-3 /proc/loadavg)"
     printf 'tools: %s; %s; %s; %s; %s\n' \
-        "$({ wrk -v 2>&1 || true; } | head -1 | cut -d' ' -f1-2)" "$(h2load --version 2>&1 | head -1)" \
-        "$(haproxy -v 2>/dev/null | head -1 | cut -d' ' -f1-3)" "$(nginx -v 2>&1)" "$(openssl version)"
-    if has_case ward; then printf 'ward: %s\n' "$("$WARD_BIN" --version 2>&1 | head -1)"; fi
+        "$({ wrk -v 2>&1 || true; } | awk 'NR == 1 {print $1, $2}')" "$(h2load --version 2>&1 | awk 'NR == 1')" \
+        "$(haproxy -v 2>/dev/null | awk 'NR == 1 {print $1, $2, $3}')" "$(nginx -v 2>&1)" "$(openssl version)"
+    if any_case is_ward; then printf 'ward: %s (%s)\n' "$("$WARD_BIN" --version 2>&1 | head -1)" "$WARD_BIN"; fi
+    if has_case ward-redis; then printf 'redis: %s\n' "$(redis-cli -u "$REDIS_URL" info server 2>/dev/null | grep -m1 '^redis_version' | tr -d '\r')"; fi
+    printf 'date: %s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
     # Our own servers are idle now: a load above half a core is someone else.
     if awk '{exit !($1 > 0.5)}' /proc/loadavg; then
         log "warning: the machine is busy (load $(cut -d' ' -f1 /proc/loadavg)): expect noisy figures"
     fi
 }
 
+# write_results: RESULTS.csv, one line per measured run, and RESULTS.txt, the printed report.
+write_results() {
+    [[ -n $RESULTS ]] || return 0
+    mkdir -p "$(dirname "$RESULTS")"
+    {
+        echo round,case,proto,rps,p50_ms,p99_ms,cpu_us_per_req,upstream_us_per_req,errors,server_core_pct,generator_core_pct,redis_us_per_req,redis_calls_per_req,cache_hit_pct,redis_fallbacks,redis_timeouts,redis_breaker_open,requests
+        awk -F'\t' -v OFS=, '{ for (i = 1; i <= NF; i++) if ($i == "-") $i = ""; print }' "$RUN_DIR/results.tsv"
+    } >"$RESULTS.csv"
+    cp "$RUN_DIR/report.txt" "$RESULTS.txt"
+    log "results in $RESULTS.csv and $RESULTS.txt"
+}
+
 main() {
     ((ROUNDS > 0 && DURATION > 0)) || die "ROUNDS and DURATION must be positive"
-    ensure_tools
+    check_cases
+    ensure_tools wrk:wrk h2load:nghttp2-client
     ensure_ward
-    start_servers
-    machine
-    check_equivalence
+    start_servers 15
+    if has_case ward-redis; then
+        REDIS_PID=$(redis-cli -u "$REDIS_URL" info server 2>/dev/null | awk -F: '/^process_id:/ {print $2}' | tr -d '\r')
+        [[ -n $REDIS_PID && -r /proc/$REDIS_PID/stat ]] || REDIS_PID=
+    fi
+    local report=$RUN_DIR/report.txt
+    {
+        machine
+        check_equivalence
+        check_jwt
+        check_redis
+        prime_caches
+    } >"$report"
+    cat "$report"
     local round i n proto c
     local -a order
     read -r -a order <<<"$CASES"
@@ -480,7 +445,15 @@ main() {
             done
         done
     done
-    report
+    report >"$RUN_DIR/report-table.txt"
+    cat "$RUN_DIR/report-table.txt"
+    cat "$RUN_DIR/report-table.txt" >>"$report"
+    if has_case ward-redis; then
+        local fb
+        fb=$(ward_metric ward-redis ward_rate_limit_fallbacks_total)
+        printf '\nward-redis fell back to local counting %s times during the whole run, warm-ups included.\n' "$fb" | tee -a "$report"
+    fi
+    write_results
 }
 
 # "; exit" on the same line: bash never reads past it, even if the file is
