@@ -6,13 +6,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 use crate::payments;
-use crate::policy::PolicyStore;
-use crate::proxy::{self, Proxy};
+use crate::proxy;
+use crate::settings::ServeSettings;
 use crate::state::revocation::Revocations;
 use crate::telemetry::Metrics;
 use crate::tls::{self, CertStore};
@@ -54,6 +53,8 @@ pub enum DemoError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Proxy(#[from] proxy::ProxyError),
+    #[error(transparent)]
+    Launch(#[from] proxy::launch::LaunchError),
     #[error(transparent)]
     Payments(#[from] payments::Error),
 }
@@ -101,19 +102,29 @@ pub async fn run(
         path: policy_path.clone(),
         source,
     })?;
-    let store = Arc::new(PolicyStore::open(&policy_path)?);
-
+    // The same assembly as `ward proxy`: only the certificate (made in memory, never written) and
+    // the revocations (shared with the service above) are the demo's own.
     let (cert_pem, key_pem) = tls::self_signed();
     let certs = CertStore::new(tls::certified_from_pem(&cert_pem, &key_pem)?, None);
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| DemoError::Bind { addr, source })
+    let serve = ServeSettings {
+        listen: settings.listen,
+        admin_listen: settings.admin_listen,
+        redirect_listen: None,
+        policy: policy_path.clone(),
+        redis_url: None,
+        redis_prefix: "ward".into(),
+        admin_token_file: None,
     };
-    let listener = bind(settings.listen).await?;
-    let admin = bind(settings.admin_listen).await?;
-    let https = listener.local_addr().map_err(io_err)?;
-    let admin_addr = admin.local_addr().map_err(io_err)?;
+    let ready = proxy::launch::prepare(
+        &serve,
+        proxy::launch::Certs::Ready(certs),
+        metrics,
+        Some(revocations),
+        settings.runtime.drain_timeout,
+    )
+    .await?;
+    let https = ready.listener.local_addr().map_err(io_err)?;
+    let admin_addr = ready.admin.local_addr().map_err(io_err)?;
 
     let b = format!("https://localhost:{}", https.port());
     println!("ward demo is running (Ctrl-C to stop)");
@@ -137,22 +148,7 @@ pub async fn run(
         setup.tenant, setup.email, setup.password
     );
 
-    let served = proxy::run(
-        Proxy {
-            listener,
-            admin,
-            redirect: None,
-            policy: store,
-            certs,
-            metrics,
-            redis: None,
-            revocations,
-            admin_token: None,
-            drain_timeout: settings.runtime.drain_timeout,
-        },
-        shutdown,
-    )
-    .await;
+    let served = proxy::run(ready, shutdown).await;
     // The proxy has drained; now the service behind it stops.
     let _ = stop_payments.send(());
     match payments_task.await {

@@ -57,7 +57,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin_client;
+pub mod client_ip;
 pub mod demo;
 pub mod health;
 pub mod identity;
@@ -67,6 +69,8 @@ pub mod payments;
 pub mod policy;
 pub mod proxy;
 pub mod redis_link;
+pub mod request_id;
+pub mod serve;
 pub mod settings;
 pub mod state;
 pub mod telemetry;

@@ -2,20 +2,16 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use tokio::net::TcpListener;
 
 use ward::payments;
-use ward::policy::{self, PolicyStore};
-use ward::proxy::{self, Proxy};
-use ward::redis_link::RedisLink;
+use ward::policy;
+use ward::proxy;
 use ward::settings::ProxySettings;
-use ward::state::revocation::Revocations;
 use ward::telemetry::{self, Metrics};
-use ward::tls::{self, CertPaths, CertStore};
+use ward::tls::{self, CertPaths};
 
 /// mimalloc instead of glibc malloc: the request path allocates many small short-lived buffers
 /// (headers, frames), where glibc's arena bookkeeping showed up at the top of profiles.
@@ -196,7 +192,11 @@ fn main() -> ExitCode {
         }
         Command::Demo(s) => runtime(s.runtime.worker_threads).and_then(|rt| {
             let metrics = Metrics::new();
-            let _log = telemetry::init_logging(&s.runtime.log_level, &metrics);
+            let _log = telemetry::init_logging(
+                &s.runtime.log_level,
+                telemetry::LogOutput::Stdout,
+                metrics.log_lines_dropped.clone(),
+            );
             rt.block_on(async {
                 ward::demo::run(s, metrics, shutdown_signal())
                     .await
@@ -228,14 +228,12 @@ fn main() -> ExitCode {
         command @ (Command::Payments { .. } | Command::Keys { .. } | Command::Audit { .. }) => {
             // The payments tools log JSON lines to stderr, keeping stdout for what they print
             // (bootstrap's one-time password, key file paths, verification results).
-            tracing_subscriber::fmt()
-                .json()
-                .with_writer(std::io::stderr)
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .init();
+            let level = std::env::var("WARD_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+            let _log = telemetry::init_logging(
+                &level,
+                telemetry::LogOutput::Stderr,
+                Metrics::new().log_lines_dropped,
+            );
             runtime(None).and_then(|rt| rt.block_on(run_payments(command)))
         }
     };
@@ -267,61 +265,18 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn run_proxy(s: ProxySettings) -> anyhow::Result<()> {
     let metrics = Metrics::new();
-    let _log = telemetry::init_logging(&s.runtime.log_level, &metrics);
-    let store = PolicyStore::open(&s.policy)
-        .map_err(|e| anyhow::anyhow!("invalid policy, not starting:\n{e}"))?;
-    let paths = CertPaths {
+    let _log = telemetry::init_logging(
+        &s.runtime.log_level,
+        telemetry::LogOutput::Stdout,
+        metrics.log_lines_dropped.clone(),
+    );
+    let certs = proxy::launch::Certs::Files(CertPaths {
         cert: s.tls_cert.clone(),
         key: s.tls_key.clone(),
-    };
-    let key = tls::load_certified_key(&paths)?;
-    let certs = CertStore::new(key, Some(paths));
-    let listener = TcpListener::bind(s.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (--listen / WARD_LISTEN)", s.listen))?;
-    let admin = TcpListener::bind(s.admin_listen).await.with_context(|| {
-        format!(
-            "cannot listen on {} (--admin-listen / WARD_ADMIN_LISTEN)",
-            s.admin_listen
-        )
-    })?;
-    let redirect = match s.redirect_listen {
-        Some(a) => Some(TcpListener::bind(a).await.with_context(|| {
-            format!("cannot listen on {a} (--redirect-listen / WARD_REDIRECT_LISTEN)")
-        })?),
-        None => None,
-    };
-    let redis = match s.redis_url.clone() {
-        Some(target) => {
-            tracing::info!(redis = %target, prefix = s.redis_prefix.as_str(), "shared state in Redis");
-            Some(Arc::new(
-                RedisLink::connect(target, &s.redis_prefix, metrics.redis.clone())
-                    .context("invalid --redis-url / WARD_REDIS_URL")?,
-            ))
-        }
-        None => None,
-    };
-    let admin_token = s.admin_token()?;
-    let revocations = match &redis {
-        Some(link) => Revocations::redis(link.clone(), metrics.revocation.clone()),
-        None => Revocations::memory(metrics.revocation.clone()),
-    };
-    proxy::run(
-        Proxy {
-            listener,
-            admin,
-            redirect,
-            policy: Arc::new(store),
-            certs,
-            metrics,
-            redis,
-            revocations,
-            admin_token,
-            drain_timeout: s.runtime.drain_timeout,
-        },
-        shutdown_signal(),
-    )
-    .await?;
+    });
+    let ready =
+        proxy::launch::prepare(&s.serve, certs, metrics, None, s.runtime.drain_timeout).await?;
+    proxy::run(ready, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -402,23 +357,7 @@ async fn run_payments(command: Command) -> anyhow::Result<()> {
 }
 
 async fn serve_payments(args: Box<payments::config::ServeArgs>) -> anyhow::Result<()> {
-    let mut config = payments::Config::load(&args)?;
-    if let Some(target) = args.redis_url.clone() {
-        // A publisher only: the service checks its sessions in its own database; the proxies
-        // learn its revocations from here. Its Redis metrics are not exported (its registry is
-        // its own).
-        let metrics = Metrics::new();
-        let link = RedisLink::connect(target, &args.redis_prefix, metrics.redis.clone())
-            .context("invalid --redis-url / WARD_PAYMENTS_REDIS_URL")?;
-        config.revocations = Some(Revocations::redis(
-            Arc::new(link),
-            metrics.revocation.clone(),
-        ));
-    }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("bind {}", args.listen))?;
-    payments::run(listener, config, shutdown_signal()).await?;
+    payments::launch(&args, shutdown_signal()).await?;
     Ok(())
 }
 

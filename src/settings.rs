@@ -10,6 +10,22 @@ use clap::Args;
 
 #[derive(Debug, Clone, Args)]
 pub struct ProxySettings {
+    #[command(flatten)]
+    pub serve: ServeSettings,
+    /// PEM certificate chain; re-read when it changes on disk.
+    #[arg(long, env = "WARD_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key; re-read when it changes on disk.
+    #[arg(long, env = "WARD_TLS_KEY")]
+    pub tls_key: PathBuf,
+    #[command(flatten)]
+    pub runtime: RuntimeSettings,
+}
+
+/// Where the proxy listens, what it reads, where shared state lives: everything `proxy::prepare`
+/// needs besides certificates. `ward demo` builds one too, so both run the same assembly.
+#[derive(Debug, Clone, Args)]
+pub struct ServeSettings {
     /// HTTPS listen address.
     #[arg(long, env = "WARD_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
@@ -19,17 +35,12 @@ pub struct ProxySettings {
     /// Optional plain-HTTP listener that only redirects to HTTPS (308) and answers /healthz.
     #[arg(long, env = "WARD_REDIRECT_LISTEN")]
     pub redirect_listen: Option<SocketAddr>,
-    /// PEM certificate chain; re-read when it changes on disk.
-    #[arg(long, env = "WARD_TLS_CERT")]
-    pub tls_cert: PathBuf,
-    /// PEM private key; re-read when it changes on disk.
-    #[arg(long, env = "WARD_TLS_KEY")]
-    pub tls_key: PathBuf,
     /// Policy file, or directory of *.yaml policy files; reloaded live.
     #[arg(long, env = "WARD_POLICY", default_value = "policies/default.yaml")]
     pub policy: PathBuf,
-    /// Redis for state shared by every replica (rate limits): redis://, rediss:// (TLS), or a
-    /// Cluster as redis+cluster://host:port,host:port. Without it, limits are kept in memory.
+    /// Redis for state shared by every replica (rate limits, revocations, refresh claims,
+    /// lockouts): redis://, rediss:// (TLS), or a Cluster as redis+cluster://host:port,host:port.
+    /// Without it, that state is kept in memory.
     #[arg(long, env = "WARD_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<crate::redis_link::RedisTarget>,
     /// Prefix of every Redis key, one per deployment sharing a Redis.
@@ -39,9 +50,6 @@ pub struct ProxySettings {
     /// or set WARD_ADMIN_TOKEN. Without either, the control API is off.
     #[arg(long, env = "WARD_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
-
-    #[command(flatten)]
-    pub runtime: RuntimeSettings,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -73,7 +81,7 @@ pub enum SettingsError {
     AdminTokenShort(&'static str),
 }
 
-impl ProxySettings {
+impl ServeSettings {
     /// The control API's token: from the file, else from `WARD_ADMIN_TOKEN`; none means off.
     pub fn admin_token(&self) -> Result<Option<std::sync::Arc<[u8]>>, SettingsError> {
         let (token, source) = match &self.admin_token_file {

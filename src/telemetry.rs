@@ -14,31 +14,40 @@ use prometheus::{
 
 use crate::tls::CertStore;
 
-/// Installs the global JSON log subscriber. `level` is an env-filter directive such as `info`.
+/// Where log lines go: the proxy and `ward demo` log to stdout; the payments tools to stderr
+/// (their stdout carries what they print, like bootstrap's one-time password).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogOutput {
+    Stdout,
+    Stderr,
+}
+
+/// Installs the global JSON log subscriber, one line shape for every service (see
+/// `access_log`). `level` is an env-filter directive such as `info`.
 ///
 /// Lines are formatted on the request's thread into a shared buffer; a background thread writes
-/// the buffer to stdout every 50 ms (at once past 256 KiB). The request path makes no system call
-/// and wakes no thread for logging. If stdout cannot keep up and 8 MiB are pending, further lines
-/// are dropped and counted in `ward_log_lines_dropped_total` (bounded memory, availability first).
+/// the buffer out every 50 ms (at once past 256 KiB). The request path makes no system call
+/// and wakes no thread for logging. If the output cannot keep up and 8 MiB are pending, further
+/// lines are dropped and counted in `dropped` (bounded memory, availability first).
 /// Keep the returned guard alive: dropping it writes out what is pending.
-pub fn init_logging(level: &str, metrics: &Metrics) -> LogGuard {
+pub fn init_logging(level: &str, output: LogOutput, dropped: IntCounter) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let sink = Arc::new(LogSink {
         pending: Mutex::new(Vec::with_capacity(64 * 1024)),
         wake: Condvar::new(),
         stop: AtomicBool::new(false),
-        dropped: metrics.log_lines_dropped.clone(),
+        dropped,
     });
     let writer = sink.clone();
     let flusher = std::thread::Builder::new()
         .name("ward-log".into())
-        .spawn(move || sink_loop(&writer))
+        .spawn(move || sink_loop(&writer, output))
         .expect("spawning the log writer thread at start-up");
     let _ = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
-        .with_current_span(false)
+        .with_current_span(true)
         .with_span_list(false)
         .with_target(false)
         .with_env_filter(filter)
@@ -61,8 +70,11 @@ struct LogSink {
     dropped: IntCounter,
 }
 
-fn sink_loop(sink: &LogSink) {
-    let mut out = std::io::stdout();
+fn sink_loop(sink: &LogSink, output: LogOutput) {
+    let mut out: Box<dyn std::io::Write> = match output {
+        LogOutput::Stdout => Box::new(std::io::stdout()),
+        LogOutput::Stderr => Box::new(std::io::stderr()),
+    };
     let mut spare = Vec::with_capacity(64 * 1024);
     loop {
         let stopping = {
@@ -468,16 +480,22 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding into a Vec cannot fail");
-        String::from_utf8(buf).expect("the text format is UTF-8")
+        render(&self.registry)
     }
 
     pub fn upstream_timer(&self, route: &str) -> Histogram {
         self.upstream_duration.with_label_values(&[route])
     }
+}
+
+/// The Prometheus text exposition of a registry: one implementation for both services (each
+/// keeps its own registry, so the proxy and the service in one process never collide).
+pub fn render(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut buf)
+        .expect("text encoding into a Vec cannot fail");
+    String::from_utf8(buf).expect("the text format is UTF-8")
 }
 
 /// RFC 3339 in UTC, for logs and the admin port.

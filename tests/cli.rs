@@ -232,6 +232,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .find(|l| l.contains("log-test-1"))
         .expect("a log line for the request");
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["service"], "proxy");
     assert_eq!(v["request_id"], "log-test-1");
     assert_eq!(v["method"], "GET");
     assert_eq!(v["path"], "/slow");

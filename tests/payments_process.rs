@@ -68,9 +68,8 @@ fn spawn_with(args: Vec<String>, envs: &[(&str, String)]) -> Proc {
             let Ok(line) = line else { break };
             if let Some(t) = &tx {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["fields"]["message"] == "payments service listening" {
-                        let _ =
-                            t.send(v["fields"]["addr"].as_str().unwrap_or_default().to_string());
+                    if v["message"] == "payments service listening" {
+                        let _ = t.send(v["addr"].as_str().unwrap_or_default().to_string());
                         tx = None;
                     }
                 }
@@ -358,9 +357,16 @@ async fn request_logs_are_json_lines_carrying_the_proxy_request_id() {
     loop {
         let found = proc.log.lock().unwrap().iter().any(|line| {
             serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
-                v["span"]["request_id"] == "log-check-42"
-                    && v["fields"]["status"] == 401
-                    && v["fields"]["route"] == "/v1/payments"
+                // The product's one line shape (see `access_log`).
+                v["message"] == "request"
+                    && v["service"] == "payments"
+                    && v["request_id"] == "log-check-42"
+                    && v["method"] == "GET"
+                    && v["path"] == "/v1/payments"
+                    && v["status"] == 401
+                    && v["route"] == "/v1/payments"
+                    && v["duration_ms"].is_number()
+                    && v["client_ip"] == "127.0.0.1"
             })
         });
         if found {

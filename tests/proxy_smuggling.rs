@@ -48,9 +48,13 @@ async fn invalid_chunk_sizes_never_reach_the_upstream() {
         &b"POST /a HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nhello\r\n0\r\n\r\n"[..],
     ] {
         let resp = p.raw(bytes).await;
-        assert!(!resp.starts_with("HTTP/1.1 200"), "{resp}");
+        assert!(
+            resp.starts_with("HTTP/1.1 400 Bad Request\r\n")
+                && resp.contains("urn:ward:problem:malformed-request"),
+            "{resp}"
+        );
     }
-    assert_eq!(p.upstream.count(), 0);
+    assert_eq!(p.upstream.count(), 0, "nothing reached the upstream");
 }
 
 #[tokio::test]

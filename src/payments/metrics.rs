@@ -1,9 +1,7 @@
 //! Prometheus metrics of the payments service, in their own registry (never the global one, so
 //! tests and the proxy in the same process do not collide). Labelled by route template, never by raw path.
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -78,10 +76,6 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding to a Vec cannot fail");
-        String::from_utf8(buf).expect("prometheus text is UTF-8")
+        crate::telemetry::render(&self.registry)
     }
 }

@@ -57,6 +57,14 @@ pub enum Error {
     Key(#[from] keys::KeyError),
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    #[error("cannot listen on {addr} (--listen / WARD_PAYMENTS_LISTEN): {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid --redis-url / WARD_PAYMENTS_REDIS_URL: {0}")]
+    Redis(#[from] redis::RedisError),
     #[error("audit chain broken: {0}")]
     AuditBroken(audit::ChainBreak),
 }
@@ -74,6 +82,37 @@ impl From<errors::FieldError> for Error {
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may finish after shutdown is signalled.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `ward payments`: the configuration from its flags and files, the optional Redis publisher of
+/// revocations, the listener; then [`run`], as `ward demo` runs it with its generated setup.
+pub async fn launch(
+    args: &config::ServeArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let mut config = Config::load(args)?;
+    if let Some(target) = args.redis_url.clone() {
+        // A publisher only: the service checks its sessions in its own database; the proxies
+        // learn its revocations from here. (Its Redis metrics are not exported: its registry is
+        // its own, and Redis is the proxies' concern.)
+        let metrics = crate::telemetry::Metrics::new();
+        let link = crate::redis_link::RedisLink::connect(
+            target,
+            &args.redis_prefix,
+            metrics.redis.clone(),
+        )?;
+        config.revocations = Some(crate::state::revocation::Revocations::redis(
+            std::sync::Arc::new(link),
+            metrics.revocation.clone(),
+        ));
+    }
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    run(listener, config, shutdown).await
+}
 
 /// Run the payments service on an already-bound listener until `shutdown` resolves.
 ///
@@ -105,44 +144,27 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(addr = %addr, "payments service listening");
     }
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // Out of file descriptors and similar: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let router = router.clone();
-                let state = state.clone();
-                let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                    let router = router.clone();
-                    let state = state.clone();
-                    async move { Ok::<_, Infallible>(api::handle(router, state, peer, req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %peer, "connection ended with an error");
-                    }
-                });
+    crate::serve::accept_until(&listener, shutdown, |stream, peer| {
+        let router = router.clone();
+        let state = state.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let router = router.clone();
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(api::handle(router, state, peer, req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
-            () = &mut shutdown => break,
-        }
-    }
+        });
+    })
+    .await;
     drop(listener);
-    tracing::info!("shutdown requested; draining open connections");
-    tokio::select! {
-        () = graceful.shutdown() => {}
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("drain deadline passed; closing open connections"),
-    }
+    crate::serve::drain(graceful, DRAIN_TIMEOUT).await;
     store.close().await;
     tracing::info!("payments service stopped");
     Ok(())

@@ -504,6 +504,10 @@ impl Compiler {
                 100_000,
                 "server.rate_limit_max_keys",
             ),
+            client_ip_header: s
+                .client_ip_header
+                .map_or(http::HeaderName::from_static("x-forwarded-for"), |h| h.0),
+            forwarded: s.forwarded.unwrap_or(false),
             redis: {
                 let r = s.redis.unwrap_or_default();
                 RedisTuning {

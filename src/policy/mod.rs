@@ -67,6 +67,9 @@ pub struct Server {
     pub max_concurrent_streams: u32,
     pub rate_limit_max_keys: usize,
     pub redis: RedisTuning,
+    /// Where the decided client IP goes upstream.
+    pub client_ip_header: HeaderName,
+    pub forwarded: bool,
 }
 
 /// Deadline and breaker settings for Redis calls.
@@ -207,6 +210,11 @@ pub struct RateLimit {
 }
 
 impl Policy {
+    /// Whether `ip` is a trusted hop (its X-Forwarded-For is believed).
+    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.server.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+
     /// First route that matches, with its index.
     pub fn route_for(
         &self,

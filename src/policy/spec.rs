@@ -72,6 +72,10 @@ pub struct ServerSpec {
     pub rate_limit_max_keys: Option<usize>,
     /// How ward talks to Redis when it runs with `--redis-url` (shared rate limits).
     pub redis: Option<RedisSpec>,
+    /// The header that carries the client IP, as ward decided it, to the upstream: one address; client-sent copies (and any `X-Forwarded-For` chain) are removed. Default `X-Forwarded-For`.
+    pub client_ip_header: Option<HeaderNameSpec>,
+    /// Also send `Forwarded: for=<client>;proto=https` (RFC 7239). Default false.
+    pub forwarded: Option<bool>,
 }
 
 /// Deadlines and the circuit breaker for Redis calls. Without `--redis-url` these are unused.

@@ -7,11 +7,13 @@
 pub mod admin;
 pub mod control;
 pub mod guard;
+pub mod launch;
 pub mod pipeline;
 pub mod redirect;
 pub mod rejection;
 pub mod stage;
 pub mod token_cache;
+pub mod trace;
 pub mod upstream;
 
 use std::future::Future;
@@ -54,6 +56,9 @@ pub struct Proxy {
     pub revocations: Arc<Revocations>,
     /// The control API's bearer token (`--admin-token-file` / `WARD_ADMIN_TOKEN`); `None`: off.
     pub admin_token: Option<Arc<[u8]>>,
+    /// Requests to reload the policy now (production: SIGHUP, see `launch`; tests: their own
+    /// sender, so a test reloads only its own proxy).
+    pub reload_requests: tokio::sync::mpsc::Receiver<()>,
     /// Longest wait for in-flight requests after shutdown starts.
     pub drain_timeout: Duration,
 }
@@ -144,7 +149,11 @@ pub async fn run(proxy: Proxy, shutdown: impl Future<Output = ()>) -> Result<(),
                 source,
             },
         )?;
-    let reloader = tokio::spawn(reload_policy(shared.clone(), policy_rx));
+    let reloader = tokio::spawn(reload_policy(
+        shared.clone(),
+        policy_rx,
+        proxy.reload_requests,
+    ));
     let mut cert_watcher = None;
     let mut cert_task = None;
     if let Some(paths) = proxy.certs.paths() {
@@ -175,42 +184,32 @@ pub async fn run(proxy: Proxy, shutdown: impl Future<Output = ()>) -> Result<(),
     tracing::info!(listen = %proxy.listener.local_addr()?, admin = %admin_addr, policy = %proxy.policy.path().display(), "ward proxy serving");
     let graceful = GracefulShutdown::new();
     let open = Arc::new(AtomicUsize::new(0));
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = proxy.listener.accept() => {
-                let (tcp, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let max = shared.policy.snapshot().server.max_connections;
-                if open.load(Ordering::Relaxed) >= max {
-                    shared.metrics.connections_refused.with_label_values(&["max_connections"]).inc();
-                    drop(tcp);
-                    continue;
-                }
-                let slot = ConnSlot::new(open.clone(), shared.metrics.open_connections.clone());
-                tokio::spawn(serve_connection(tcp, peer, acceptor.clone(), shared.clone(), graceful.watcher(), slot));
-            }
-            () = &mut shutdown => break,
+    crate::serve::accept_until(&proxy.listener, shutdown, |tcp, peer| {
+        let max = shared.policy.snapshot().server.max_connections;
+        if open.load(Ordering::Relaxed) >= max {
+            shared
+                .metrics
+                .connections_refused
+                .with_label_values(&["max_connections"])
+                .inc();
+            return;
         }
-    }
+        let slot = ConnSlot::new(open.clone(), shared.metrics.open_connections.clone());
+        tokio::spawn(serve_connection(
+            tcp,
+            peer,
+            acceptor.clone(),
+            shared.clone(),
+            graceful.watcher(),
+            slot,
+        ));
+    })
+    .await;
 
     // Drain: readiness off, no new connections, in-flight requests finish up to the deadline.
     shared.draining.store(true, Ordering::SeqCst);
     drop(proxy.listener);
-    tracing::info!(connections = graceful.count(), "draining");
-    if tokio::time::timeout(proxy.drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(timeout = ?proxy.drain_timeout, "drain deadline passed; closing remaining connections");
-    }
+    crate::serve::drain(graceful, proxy.drain_timeout).await;
     reloader.abort();
     revocation_sync.abort();
     if let Some(t) = cert_task {
@@ -254,7 +253,6 @@ async fn serve_connection(
     watcher: Watcher,
     _slot: ConnSlot,
 ) {
-    let _ = tcp.set_nodelay(true);
     let server = {
         let p = shared.policy.snapshot();
         (
@@ -339,7 +337,7 @@ fn guard_reply(shared: &Shared, fault: guard::Fault) -> Vec<u8> {
         .framing_rejections
         .with_label_values(&[reason])
         .inc();
-    let id = pipeline::random_hex(16);
+    let id = crate::request_id::random_hex(16);
     let (status, _, _) = rejection.parts();
     let body = rejection.body(&id);
     tracing::info!(
@@ -365,21 +363,18 @@ fn guard_reply(shared: &Shared, fault: guard::Fault) -> Vec<u8> {
     out.into_bytes()
 }
 
-async fn reload_policy(shared: Arc<Shared>, mut changes: tokio::sync::mpsc::Receiver<()>) {
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+async fn reload_policy(
+    shared: Arc<Shared>,
+    mut changes: tokio::sync::mpsc::Receiver<()>,
+    mut requests: tokio::sync::mpsc::Receiver<()>,
+) {
     // Files the policy references (API keys, HMAC secrets) reload it too; the watcher follows
     // the policy's list.
     let mut referenced = ReferencedFiles::watch(&shared.policy.snapshot());
     loop {
-        let hup_recv = async {
-            match hup.as_mut() {
-                Some(s) => s.recv().await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             change = watch::next_change(&mut changes) => if change.is_none() { return },
-            _ = hup_recv => tracing::info!("SIGHUP: reloading policy"),
+            Some(()) = requests.recv() => tracing::info!("reload requested"),
             Some(()) = referenced.next_change() => tracing::info!("a file the policy references changed: reloading"),
         }
         reload_now(&shared).await;

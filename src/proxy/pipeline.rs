@@ -20,6 +20,7 @@ use super::stage::session::{About, Pending, Sessions};
 use super::token_cache::TokenCache;
 use super::upstream::InBody;
 use super::upstream::{self, Forwarded, ProxyBody, UpstreamClient};
+use crate::access_log::{AccessLine, ProxyFacts};
 use crate::identity::Principal;
 use crate::keystore::KeyStore;
 use crate::limit::Limiter;
@@ -30,6 +31,7 @@ use crate::state::lockout::Lockouts;
 use crate::state::refresh::RefreshClaims;
 use crate::state::revocation::{Revocations, Verdict};
 use crate::telemetry::Metrics;
+use crate::{client_ip, request_id};
 
 static EMPTY_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
 
@@ -107,7 +109,7 @@ pub async fn handle(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let mut ex = Exchange {
-        request_id: request_id(req.headers()),
+        request_id: request_id::accept_or_new(req.headers()),
         route: None,
         client_ip: conn.peer.ip(),
         permit: Permit::default(),
@@ -124,7 +126,7 @@ pub async fn handle(
         Err(rejection) => {
             refusal_event(&shared, &ex, &rejection);
             (
-                problem(&rejection, &ex.request_id),
+                rejection.to_response(&ex.request_id),
                 Some(rejection.reason()),
             )
         }
@@ -142,26 +144,29 @@ pub async fn handle(
         .with_label_values(&[route])
         .observe(elapsed.as_secs_f64());
     let who = ex.principal.as_deref();
-    tracing::info!(
-        request_id = ex.request_id.to_str().unwrap_or("-"),
-        method = method.as_str(),
-        path = path.as_str(),
+    AccessLine {
+        service: "proxy",
+        request_id: ex.request_id.to_str().unwrap_or("-"),
+        method: method.as_str(),
+        path: path.as_str(),
         route,
-        status = status.as_u16(),
-        decision = if reason.is_some() { "deny" } else { "allow" },
-        reason = reason.as_deref().unwrap_or(""),
-        shadow = ex.shadowed.join(",").as_str(),
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        upstream_ms = ex.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
-        bytes_in,
-        bytes_out = http_body::Body::size_hint(response.body()).exact(),
-        client_ip = %ex.client_ip,
-        protocol = conn.proto,
-        subject = who.map(|p| p.subject.as_str()),
-        tenant = who.and_then(|p| p.tenant.as_deref()),
-        auth_method = who.map(|p| p.method.as_str()),
-        "request"
-    );
+        status: status.as_u16(),
+        duration: elapsed,
+        client_ip: ex.client_ip,
+        tenant: who.and_then(|p| p.tenant.as_deref()),
+        subject: who.map(|p| p.subject.as_str()),
+        proxy: Some(ProxyFacts {
+            decision: if reason.is_some() { "deny" } else { "allow" },
+            reason: reason.as_deref().unwrap_or(""),
+            shadow: &ex.shadowed.join(","),
+            upstream: ex.upstream_time,
+            bytes_in,
+            bytes_out: http_body::Body::size_hint(response.body()).exact(),
+            protocol: conn.proto,
+            auth_method: who.map(|p| p.method.as_str()),
+        }),
+    }
+    .emit();
     Ok(response)
 }
 
@@ -191,7 +196,7 @@ async fn run_stages(
         ex,
     )?;
     // 4. Rate limits keyed by client IP, User-Agent, header or route (429; 503 if Redis is down and the limit says deny).
-    ex.client_ip = client_ip(policy, conn.peer.ip(), req.headers());
+    ex.client_ip = client_ip::client_ip(conn.peer.ip(), req.headers(), |ip| policy.is_trusted(ip));
     let limits = Limits {
         limiter: &shared.limiter,
         metrics: &shared.metrics,
@@ -254,11 +259,9 @@ async fn run_stages(
         InBody::Stream(_) => Pending::default(),
     };
     // 10. Forward to the upstream with the caller's identity headers (502/504; 413/400 for a bad unsized body).
-    let trusted = is_trusted(policy, conn.peer.ip());
-    let (traceparent, started_trace) = traceparent(&parts.headers);
+    let (traceparent, started_trace) = super::trace::traceparent(&parts.headers);
     let fwd = Forwarded {
-        peer_trusted: trusted,
-        peer_ip: conn.peer.ip(),
+        client_ip: ex.client_ip,
         proto: "https",
         request_id: &ex.request_id,
         traceparent,
@@ -439,7 +442,8 @@ fn record_shadow(shared: &Shared, ex: &mut Exchange, rule: &str) {
     ex.shadowed.push(rule.to_owned());
 }
 
-/// Security headers, CORS, rate-limit headers and the request id, on every response.
+/// Stage 12, response hardening: security headers, CORS, RateLimit headers and the request id,
+/// on every response, the proxy's own refusals included.
 fn harden(policy: &Policy, ex: &Exchange, origin: Option<&HeaderValue>, h: &mut HeaderMap) {
     let rules = ex
         .route
@@ -455,25 +459,9 @@ fn harden(policy: &Policy, ex: &Exchange, origin: Option<&HeaderValue>, h: &mut 
         }
     }
     h.insert(
-        HeaderName::from_static("x-request-id"),
+        HeaderName::from_static(request_id::HEADER),
         ex.request_id.clone(),
     );
-}
-
-pub fn problem(rejection: &Rejection, request_id: &HeaderValue) -> Response<ProxyBody> {
-    let (status, _, _) = rejection.parts();
-    let body = rejection.body(request_id.to_str().unwrap_or("-"));
-    let mut r = Response::new(upstream::full(body));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    for (n, v) in rejection.headers() {
-        h.insert(n, v);
-    }
-    r
 }
 
 fn status_class(s: u16) -> &'static str {
@@ -483,127 +471,5 @@ fn status_class(s: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
-    }
-}
-
-/// A client's X-Request-Id is kept only if short and plain (letters, digits, `-_.:`); otherwise a new one.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get("x-request-id") {
-        let b = v.as_bytes();
-        if !b.is_empty()
-            && b.len() <= 64
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
-        {
-            return v.clone();
-        }
-    }
-    HeaderValue::from_str(&random_hex(16)).expect("hex is a valid header value")
-}
-
-/// `bytes` (at most 16) random bytes as lower-case hex, from the thread's CSPRNG (seeded once
-/// from the OS, so the request path makes no getrandom system call).
-pub fn random_hex(bytes: usize) -> String {
-    use rand::RngCore;
-    let mut buf = [0u8; 16];
-    let buf = &mut buf[..bytes.min(16)];
-    rand::thread_rng().fill_bytes(buf);
-    hex::encode(buf)
-}
-
-/// A valid W3C traceparent passes through; otherwise a new trace starts. Returns (value, started).
-fn traceparent(headers: &HeaderMap) -> (HeaderValue, bool) {
-    if let Some(v) = headers.get("traceparent") {
-        if valid_traceparent(v.as_bytes()) {
-            return (v.clone(), false);
-        }
-    }
-    let trace = random_hex(16);
-    let span = random_hex(8);
-    (
-        HeaderValue::from_str(&format!("00-{trace}-{span}-00"))
-            .expect("hex is a valid header value"),
-        true,
-    )
-}
-
-fn valid_traceparent(v: &[u8]) -> bool {
-    let hex = |s: &[u8]| {
-        s.iter()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
-    };
-    v.len() == 55
-        && v[2] == b'-'
-        && v[35] == b'-'
-        && v[52] == b'-'
-        && hex(&v[..2])
-        && &v[..2] != b"ff"
-        && hex(&v[3..35])
-        && v[3..35].iter().any(|&c| c != b'0')
-        && hex(&v[36..52])
-        && v[36..52].iter().any(|&c| c != b'0')
-        && hex(&v[53..])
-}
-
-fn is_trusted(policy: &Policy, ip: IpAddr) -> bool {
-    policy
-        .server
-        .trusted_proxies
-        .iter()
-        .any(|n| n.contains(&ip))
-}
-
-/// The socket peer, unless it is a trusted proxy: then the rightmost X-Forwarded-For address that
-/// is not itself trusted (addresses further left are the client's to forge).
-fn client_ip(policy: &Policy, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-    if !is_trusted(policy, peer) {
-        return peer;
-    }
-    let mut client = peer;
-    for v in headers.get_all("x-forwarded-for").iter().rev() {
-        let Ok(s) = v.to_str() else { return client };
-        for part in s.rsplit(',') {
-            match part.trim().parse::<IpAddr>() {
-                Ok(ip) if is_trusted(policy, ip) => client = ip,
-                Ok(ip) => return ip,
-                Err(_) => return client,
-            }
-        }
-    }
-    client
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn traceparent_validation_follows_w3c() {
-        assert!(valid_traceparent(
-            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        ));
-        assert!(!valid_traceparent(
-            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"
-        ));
-        assert!(!valid_traceparent(
-            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-        ));
-        assert!(!valid_traceparent(
-            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
-        ));
-    }
-
-    #[test]
-    fn forged_request_ids_are_replaced() {
-        let mut h = HeaderMap::new();
-        h.insert("x-request-id", HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&h), "abc-123");
-        h.insert("x-request-id", HeaderValue::from_static("a b\"<script>"));
-        assert_ne!(request_id(&h), "a b\"<script>");
-        h.insert(
-            "x-request-id",
-            HeaderValue::from_str(&"a".repeat(65)).unwrap(),
-        );
-        assert_eq!(request_id(&h).len(), 32);
     }
 }

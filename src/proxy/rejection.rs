@@ -364,6 +364,26 @@ impl Rejection {
         }
     }
 
+    /// The answer: the status, `application/problem+json`, this rejection's own headers.
+    pub fn to_response(
+        &self,
+        request_id: &http::HeaderValue,
+    ) -> http::Response<super::upstream::ProxyBody> {
+        let (status, _, _) = self.parts();
+        let body = self.body(request_id.to_str().unwrap_or("-"));
+        let mut r = http::Response::new(super::upstream::full(body));
+        *r.status_mut() = status;
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/problem+json"),
+        );
+        for (n, v) in self.headers() {
+            h.insert(n, v);
+        }
+        r
+    }
+
     /// The problem+json body.
     pub fn body(&self, request_id: &str) -> String {
         let (status, slug, title) = self.parts();

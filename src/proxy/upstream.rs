@@ -53,8 +53,8 @@ pub fn empty() -> ProxyBody {
 
 /// What the pipeline learned about the client, for the forwarding headers.
 pub struct Forwarded<'a> {
-    pub peer_trusted: bool,
-    pub peer_ip: IpAddr,
+    /// The client as the pipeline decided it (trusted hops applied).
+    pub client_ip: IpAddr,
     pub proto: &'static str,
     pub request_id: &'a HeaderValue,
     pub traceparent: HeaderValue,
@@ -173,17 +173,23 @@ async fn send(
             h.insert("x-forwarded-host", v);
         }
     }
-    let xff = match (
-        fwd.peer_trusted,
-        h.get("x-forwarded-for").and_then(|v| v.to_str().ok()),
-    ) {
-        (true, Some(prior)) => format!("{prior}, {}", fwd.peer_ip),
-        _ => fwd.peer_ip.to_string(),
-    };
+    // The client as ward decided it, in exactly one header (one address): the upstream, trusting
+    // only ward, needs no chain to walk, and a client's forged hops never reach it.
+    let server = &policy.server;
+    h.remove("x-forwarded-for");
+    h.remove(header::FORWARDED);
     h.insert(
-        "x-forwarded-for",
-        HeaderValue::from_str(&xff).expect("IP addresses are valid header values"),
+        server.client_ip_header.clone(),
+        HeaderValue::from_str(&fwd.client_ip.to_string())
+            .expect("IP addresses are valid header values"),
     );
+    if server.forwarded {
+        h.insert(
+            header::FORWARDED,
+            HeaderValue::from_str(&crate::client_ip::forwarded(fwd.client_ip, fwd.proto))
+                .expect("addresses and protocol names are valid header values"),
+        );
+    }
     h.insert("x-forwarded-proto", HeaderValue::from_static(fwd.proto));
     h.insert("x-request-id", fwd.request_id.clone());
     h.insert("traceparent", fwd.traceparent);

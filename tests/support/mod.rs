@@ -188,6 +188,7 @@ pub struct Running {
     pub pki: Pki,
     pub upstream: Upstream,
     shutdown: Option<oneshot::Sender<()>>,
+    reload: tokio::sync::mpsc::Sender<()>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -290,6 +291,7 @@ pub async fn start_in(
         .admin_token
         .as_ref()
         .map(|t| Arc::<[u8]>::from(t.as_bytes().to_vec()));
+    let (reload_tx, reload_requests) = tokio::sync::mpsc::channel(1);
     let task = tokio::spawn(async move {
         proxy::run(
             Proxy {
@@ -302,6 +304,7 @@ pub async fn start_in(
                 redis,
                 revocations,
                 admin_token,
+                reload_requests,
                 drain_timeout: opts.drain_timeout,
             },
             async {
@@ -321,6 +324,7 @@ pub async fn start_in(
         pki,
         upstream,
         shutdown: Some(tx),
+        reload: reload_tx,
         task,
     }
 }
@@ -349,14 +353,19 @@ impl Running {
         b.build().unwrap()
     }
 
-    /// The status of a GET to `path` (0 if the request failed), over HTTP/2 when `h2`.
+    /// The status of a GET to `path`, over HTTP/2 when `h2`; a request that gets no answer fails
+    /// the test.
     pub async fn status(&self, h2: bool, path: &str) -> u16 {
-        self.client(h2)
-            .get(self.url(path))
-            .send()
-            .await
-            .map(|r| r.status().as_u16())
-            .unwrap_or(0)
+        match self.client(h2).get(self.url(path)).send().await {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => panic!("GET {path} got no answer: {e}"),
+        }
+    }
+
+    /// Asks this proxy, and only this one, to reload its policy now (as SIGHUP does for the
+    /// binary).
+    pub fn reload(&self) {
+        let _ = self.reload.try_send(());
     }
 
     /// Begins graceful shutdown (as SIGTERM does).

@@ -43,6 +43,7 @@ impl FromRequestParts<AppState> for Authed {
         if !state.store().session_active(&principal.session_id).await? {
             return Err(ApiError::InvalidToken);
         }
+        super::note_caller(&principal.tenant_id, &principal.user_id);
         Ok(Authed(principal))
     }
 }

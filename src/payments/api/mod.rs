@@ -36,7 +36,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::MatchedPath;
-use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use axum::http::{header, HeaderValue, Request, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -182,8 +182,22 @@ async fn tag_route(matched: MatchedPath, req: Request<Body>, next: Next) -> Resp
     response
 }
 
-/// The request shell: establish request id and client IP, run the router inside the request's
-/// span, then log one line and record metrics.
+tokio::task_local! {
+    /// The verified caller of the request being served (tenant, user), for its log line; set by
+    /// the `Authed` extractor.
+    static CALLER: Arc<std::sync::Mutex<Option<(String, String)>>>;
+}
+
+/// Records the verified caller for the request's log line (outside a request: nothing).
+pub(super) fn note_caller(tenant: &str, user: &str) {
+    let _ = CALLER.try_with(|c| {
+        *c.lock().expect("caller cell lock") = Some((tenant.to_owned(), user.to_owned()));
+    });
+}
+
+/// The request shell: establish request id and client IP (the shared rules of
+/// `crate::request_id` and `crate::client_ip`), run the router inside the request's span, then
+/// log the product's one request line and record metrics.
 pub async fn handle(
     router: Router,
     state: AppState,
@@ -191,16 +205,25 @@ pub async fn handle(
     mut req: Request<hyper::body::Incoming>,
 ) -> Response {
     let started = Instant::now();
-    let request_id = request_id_from(req.headers());
-    let client_ip = client_ip(&state.config().trusted_proxies, peer, req.headers());
+    let request_id = crate::request_id::accept_or_new(req.headers());
+    let request_id = request_id.to_str().unwrap_or("-").to_owned();
+    let trusted = &state.config().trusted_proxies;
+    let client_ip = crate::client_ip::client_ip(peer.ip(), req.headers(), |ip| {
+        ip.is_loopback() || trusted.contains(&ip)
+    });
     let method = req.method().clone();
+    let path = req.uri().path().to_owned();
     req.extensions_mut().insert(RequestContext {
         request_id: request_id.clone(),
         client_ip,
     });
+    let caller = Arc::new(std::sync::Mutex::new(None));
     let span = tracing::info_span!("request", request_id = %request_id);
-    let mut response = REQUEST_ID
-        .scope(request_id.clone(), router.oneshot(req))
+    let mut response = CALLER
+        .scope(
+            caller.clone(),
+            REQUEST_ID.scope(request_id.clone(), router.oneshot(req)),
+        )
         .instrument(span.clone())
         .await
         .unwrap_or_else(|never: Infallible| match never {});
@@ -219,58 +242,29 @@ pub async fn handle(
         .with_label_values(&[route.as_str()])
         .observe(elapsed.as_secs_f64());
     if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-request-id", v);
+        response.headers_mut().insert(crate::request_id::HEADER, v);
     }
     // Tokens, payments and audit records must not be cached; a handler may say otherwise (JWKS).
     response
         .headers_mut()
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
-    span.in_scope(|| {
-        tracing::info!(
-            method = %method,
-            route = %route,
-            status = status.as_u16(),
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            client_ip = %client_ip,
-            "request"
-        )
-    });
-    response
-}
-
-/// Use the caller's X-Request-Id when it is sane (the proxy sends one), else make one.
-fn request_id_from(headers: &HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty()
-                && v.len() <= 128
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-        })
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-}
-
-/// The client IP: the rightmost X-Forwarded-For entry when the peer is a trusted proxy (loopback
-/// or configured), otherwise the peer itself. Anyone else could write any X-Forwarded-For.
-fn client_ip(trusted: &[IpAddr], peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-    let peer_ip = peer.ip();
-    if peer_ip.is_loopback() || trusted.contains(&peer_ip) {
-        let forwarded = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok());
-        if let Some(ip) = forwarded {
-            return ip;
-        }
+    let who = caller.lock().expect("caller cell lock").clone();
+    crate::access_log::AccessLine {
+        service: "payments",
+        request_id: &request_id,
+        method: method.as_str(),
+        path: &path,
+        route: &route,
+        status: status.as_u16(),
+        duration: elapsed,
+        client_ip,
+        tenant: who.as_ref().map(|(t, _)| t.as_str()),
+        subject: who.as_ref().map(|(_, u)| u.as_str()),
+        proxy: None,
     }
-    peer_ip
+    .emit();
+    response
 }
 
 fn now_ms() -> i64 {
@@ -289,29 +283,4 @@ fn rfc3339(ms: i64) -> String {
 
 fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response {
     (status, Json(value)).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forwarded_for_is_believed_only_from_trusted_peers() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "x-forwarded-for",
-            HeaderValue::from_static("203.0.113.9, 198.51.100.7"),
-        );
-        let local: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let remote: SocketAddr = "192.0.2.1:1".parse().unwrap();
-        assert_eq!(
-            client_ip(&[], local, &h),
-            "198.51.100.7".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(client_ip(&[], remote, &h), remote.ip());
-        assert_eq!(
-            client_ip(&[remote.ip()], remote, &h),
-            "198.51.100.7".parse::<IpAddr>().unwrap()
-        );
-    }
 }

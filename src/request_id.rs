@@ -1,0 +1,65 @@
+//! Request ids, one rule for both services: a caller's `X-Request-Id` is kept when it is 1 to 64
+//! of `A-Z a-z 0-9 - _ . :` (the proxy sends its own, so the service logs and audits the same id);
+//! anything else is replaced by 32 random hex digits. Ids come from the thread's CSPRNG, seeded
+//! once from the OS: no system call per request.
+
+use http::{HeaderMap, HeaderValue};
+
+pub const HEADER: &str = "x-request-id";
+
+/// Longest id kept from a caller.
+pub const MAX_LEN: usize = 64;
+
+/// The request's id: the caller's when plain and short, else a new one.
+pub fn accept_or_new(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(HEADER) {
+        if is_plain(v.as_bytes()) {
+            return v.clone();
+        }
+    }
+    new_id()
+}
+
+/// A new id: 32 lower-case hex digits.
+pub fn new_id() -> HeaderValue {
+    HeaderValue::from_str(&random_hex(16)).expect("hex is a valid header value")
+}
+
+fn is_plain(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.len() <= MAX_LEN
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.:".contains(c))
+}
+
+/// `bytes` (at most 16) random bytes as lower-case hex, from the thread's CSPRNG.
+pub fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = [0u8; 16];
+    let buf = &mut buf[..bytes.min(16)];
+    rand::thread_rng().fill_bytes(buf);
+    hex::encode(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_ids_are_kept_and_others_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(HEADER, HeaderValue::from_static("abc-123:x_y.z"));
+        assert_eq!(accept_or_new(&h), "abc-123:x_y.z");
+        for forged in ["a b", "\"<script>", "a/b", ""] {
+            h.insert(HEADER, HeaderValue::from_str(forged).unwrap());
+            let id = accept_or_new(&h);
+            assert_ne!(id, forged);
+            assert_eq!(id.len(), 32);
+        }
+        h.insert(HEADER, HeaderValue::from_str(&"a".repeat(65)).unwrap());
+        assert_eq!(accept_or_new(&h).len(), 32);
+        h.insert(HEADER, HeaderValue::from_str(&"a".repeat(64)).unwrap());
+        assert_eq!(accept_or_new(&h).len(), 64);
+        assert_ne!(new_id(), new_id());
+    }
+}
