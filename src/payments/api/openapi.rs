@@ -37,6 +37,51 @@ impl utoipa::Modify for SecuritySchemes {
     }
 }
 
+/// Answers every operation of a kind can give, added to each such operation so the document
+/// cannot forget one: 401 wherever a bearer token is required (the `Authed` extractor answers it
+/// before the handler runs), 415 wherever a JSON body is read (`read_json` answers it for any
+/// other content type). Found by schemathesis (`.ci/api-conformance`): both were undocumented.
+struct CommonResponses;
+
+impl utoipa::Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                let responses = &mut op.responses.responses;
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    responses
+                        .entry("401".into())
+                        .or_insert_with(|| problem("Missing, invalid or expired token").into());
+                }
+                if op.request_body.is_some() {
+                    responses
+                        .entry("415".into())
+                        .or_insert_with(|| problem("The body is not application/json").into());
+                }
+            }
+        }
+    }
+}
+
 /// The OpenAPI 3.1 document, generated from the handlers.
 #[derive(OpenApi)]
 #[openapi(
@@ -48,7 +93,7 @@ impl utoipa::Modify for SecuritySchemes {
         audit::list_audit, audit::security_event
     ),
     components(schemas(Problem, FieldError, PaymentStatus, webhooks::PspEventType, Role)),
-    modifiers(&SecuritySchemes)
+    modifiers(&SecuritySchemes, &CommonResponses)
 )]
 pub struct ApiDoc;
 
@@ -62,5 +107,27 @@ mod tests {
         assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
         assert!(doc["paths"]["/v1/payments"]["post"].is_object());
         assert!(doc["components"]["schemas"]["CreatePaymentRequest"].is_object());
+    }
+
+    /// Found by schemathesis: 401 and 415 answers were missing from most operations.
+    #[test]
+    fn token_and_json_body_answers_are_documented_everywhere() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let responses = &op["responses"];
+                if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+                    assert!(responses["401"].is_object(), "{method} {path}: no 401");
+                }
+                if op["requestBody"].is_object() {
+                    assert!(responses["415"].is_object(), "{method} {path}: no 415");
+                }
+            }
+        }
+        let refresh = &doc["paths"]["/v1/auth/refresh"]["post"]["responses"];
+        assert!(
+            refresh["422"].is_object(),
+            "refresh answers 422 for a bad token shape"
+        );
     }
 }
