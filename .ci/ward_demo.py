@@ -13,7 +13,8 @@ WARD = ROOT / "target" / "release" / "ward"
 
 class Demo:
     """A running demo: `proxy` (https://localhost:PORT), `port`, `admin` (http://127.0.0.1:PORT),
-    `password` (the demo tenant's) and `policy` (its editable policy file)."""
+    `password` (the demo tenant's), `policy` (its editable policy file) and `payments` (the
+    bundled service itself, http://127.0.0.1:PORT)."""
 
     def __init__(self, tmp: pathlib.Path):
         if not WARD.exists():
@@ -28,12 +29,12 @@ class Demo:
         deadline = time.time() + 60
         for line in self.proc.stdout:
             t = line.strip()
-            for key in ("proxy:", "admin:", "password:", "policy:"):
+            for key in ("proxy:", "admin:", "password:", "policy:", "payments:"):
                 if t.startswith(key):
                     found[key[:-1]] = t[len(key):].split()[0]
-            if len(found) == 4 or time.time() > deadline:
+            if len(found) == 5 or time.time() > deadline:
                 break
-        if len(found) != 4:
+        if len(found) != 5:
             self.stop()
             sys.exit(f"the demo did not start (see {self.log_path})")
         threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
@@ -42,6 +43,7 @@ class Demo:
         self.admin = found["admin"].removesuffix("/metrics")
         self.password = found["password"]
         self.policy = pathlib.Path(found["policy"])
+        self.payments = found["payments"].rstrip("/")
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
