@@ -167,12 +167,20 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>,
     Ok(Arc::new(cfg))
 }
 
-/// A fresh self-signed certificate for `localhost`/127.0.0.1, as PEM `(cert, key)`. Nothing is written to disk.
+/// Days the demo's self-signed certificate is valid: TLS scanners flag serving certificates valid
+/// for more than 398 days (rcgen's default runs to the year 4096).
+pub const SELF_SIGNED_DAYS: i64 = 90;
+
+/// A fresh self-signed certificate for `localhost`/127.0.0.1, as PEM `(cert, key)`, valid from five
+/// minutes ago for [`SELF_SIGNED_DAYS`]. Nothing is written to disk.
 pub fn self_signed() -> (String, String) {
     let key = rcgen::KeyPair::generate().expect("generating an ECDSA key cannot fail");
-    let params =
+    let mut params =
         rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
             .expect("valid names");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::days(SELF_SIGNED_DAYS);
     let cert = params
         .self_signed(&key)
         .expect("self-signing with a fresh key cannot fail");
@@ -426,6 +434,17 @@ mod tests {
             assert_eq!(not_after(cert.der()).unwrap(), at.unix_timestamp());
         }
         assert!(not_after(&CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01])).is_err());
+    }
+
+    /// Found by the TLS scan (.ci/tls-scan: testssl's cert_validityPeriod, HIGH): the demo's
+    /// certificate ran from 1975 to 4096.
+    #[test]
+    fn the_self_signed_certificate_is_valid_for_days_not_centuries() {
+        let (pem, _) = self_signed();
+        let der = CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        let left = not_after(&der).unwrap() - time::OffsetDateTime::now_utc().unix_timestamp();
+        let days = SELF_SIGNED_DAYS * 86_400;
+        assert!(left > days - 60 && left <= days, "{left} s left");
     }
 
     #[test]

@@ -229,8 +229,15 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
         "RSA" => {
             let (n, e) = (b64("n")?, b64("e")?);
             let modulus = URL_SAFE_NO_PAD.decode(n).unwrap_or_default();
-            let bits =
-                modulus.len() * 8 - modulus.first().map_or(8, |b| b.leading_zeros() as usize);
+            // Significant bits: leading zero bytes do not count, and an empty (or undecodable)
+            // modulus has none (it must not underflow into a huge size).
+            let start = modulus
+                .iter()
+                .position(|&b| b != 0)
+                .unwrap_or(modulus.len());
+            let bits = modulus[start..].first().map_or(0, |b| {
+                (modulus.len() - start) * 8 - b.leading_zeros() as usize
+            });
             if bits < MIN_RSA_BITS {
                 return Err(format!(
                     "RSA modulus of {bits} bits is too small (at least {MIN_RSA_BITS})"
@@ -361,6 +368,30 @@ mod tests {
             KeySet::from_jwks(&doc(vec![ed_jwk("a"), ed_jwk("a")])).unwrap_err(),
             KeySetError::DuplicateKid { .. }
         ));
+    }
+
+    /// Found by the `jwks` fuzz target: an empty modulus underflowed the bit count (a panic in
+    /// debug builds; in release a huge size that passed the minimum, and the key was accepted).
+    #[test]
+    fn an_empty_or_zero_padded_rsa_modulus_is_measured_by_its_significant_bits() {
+        let e =
+            KeySet::from_jwks(br#"{"keys": [{"kty": "RSA", "kid": "r", "n": "", "e": "AQAB"}]}"#)
+                .unwrap_err();
+        assert!(
+            e.to_string().contains("RSA modulus of 0 bits is too small"),
+            "{e}"
+        );
+        // 258 bytes, of which 2000 bits are significant (the old count said 2056).
+        let mut padded = vec![0u8; 8];
+        padded.extend([0xffu8; 250]);
+        let jwk =
+            serde_json::json!({"kty": "RSA", "n": URL_SAFE_NO_PAD.encode(padded), "e": "AQAB"});
+        let e = KeySet::from_jwks(&doc(vec![jwk])).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("RSA modulus of 2000 bits is too small"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -66,7 +66,8 @@ pub fn verify(
     if !matches {
         return Err(WebhookError::BadSignature);
     }
-    if (now - timestamp).unsigned_abs() > tolerance.as_secs() {
+    // `abs_diff`: a timestamp near i64::MIN must not overflow the subtraction.
+    if now.abs_diff(timestamp) > tolerance.as_secs() {
         return Err(WebhookError::Stale);
     }
     Ok(())
@@ -108,6 +109,30 @@ mod tests {
         assert_eq!(
             verify(secret, None, body, 1100, tol),
             Err(WebhookError::Malformed)
+        );
+    }
+
+    /// Found by the `webhook` fuzz target: a correctly signed timestamp this far in the past
+    /// overflowed `now - t` (a panic in debug builds) instead of being stale.
+    #[test]
+    fn a_timestamp_near_the_smallest_i64_is_stale_not_an_overflow() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let t = -9_223_372_036_753_892_326_i64;
+        let header = format!("t={t},v1={}", sign(secret, t, b""));
+        assert_eq!(
+            verify(secret, Some(&header), b"", 1_700_000_000, Duration::ZERO),
+            Err(WebhookError::Stale)
+        );
+        let header = format!("t={},v1={}", i64::MIN, sign(secret, i64::MIN, b""));
+        assert_eq!(
+            verify(
+                secret,
+                Some(&header),
+                b"",
+                i64::MAX,
+                Duration::from_secs(300)
+            ),
+            Err(WebhookError::Stale)
         );
     }
 }

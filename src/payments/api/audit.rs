@@ -20,7 +20,9 @@ use crate::payments::audit::{AuditAction, AuditContext, AuditEvent, AuditRecord,
 use crate::payments::errors::{ApiError, FieldError, Problem};
 use crate::payments::store::AuditFilter;
 
+/// Query parameters (utoipa's default would document them as required path parameters).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// e.g. `payment.created`, `auth.login_failed`.
@@ -33,6 +35,7 @@ pub struct AuditQuery {
     pub until: Option<String>,
     pub cursor: Option<String>,
     /// 1 to 100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
 }
 
@@ -108,7 +111,9 @@ fn short_filter(field: &str, raw: &Option<String>) -> Result<(), FieldError> {
 }
 
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", security(("bearer" = [])), params(AuditQuery),
-    responses((status = 200, description = "Newest first", body = AuditPage), (status = 403, body = Problem, content_type = "application/problem+json")))]
+    responses((status = 200, description = "Newest first", body = AuditPage), (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A query that does not parse (unknown parameter, not a number)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad value: limit out of range, a time that is not RFC 3339, a bad cursor", body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn list_audit(
     State(state): State<AppState>,
     Authed(p): Authed,

@@ -218,7 +218,9 @@ pub(super) async fn get_payment(
     Ok(json_response(StatusCode::OK, &payment_view(&payment)))
 }
 
+/// Query parameters (utoipa's default would document them as required path parameters).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListPaymentsQuery {
     /// Only payments with this status.
@@ -226,6 +228,7 @@ pub struct ListPaymentsQuery {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// 1 to 100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
 }
 

@@ -215,7 +215,8 @@ pub(super) async fn login(
 
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest, responses(
     (status = 200, description = "A new access token and a new refresh token; the old one is spent", body = TokenResponse),
-    (status = 401, description = "Invalid, expired or revoked; a reused token revokes its whole session", body = Problem, content_type = "application/problem+json")))]
+    (status = 401, description = "Invalid, expired or revoked; a reused token revokes its whole session", body = Problem, content_type = "application/problem+json"),
+    (status = 422, description = "Not a refresh token's shape (1 to 256 characters)", body = Problem, content_type = "application/problem+json")))]
 pub(super) async fn refresh(
     State(state): State<AppState>,
     Extension(ctx): Extension<RequestContext>,

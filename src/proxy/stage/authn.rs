@@ -98,9 +98,11 @@ fn credential<'r>(
         found = Some(Credential::Bearer(q));
     }
     if let Some(table) = &policy.identity.api_keys {
-        if let Some(v) = headers.get(&table.header) {
+        let mut values = headers.get_all(&table.header).iter();
+        if let Some(v) = values.next() {
             if rule.api_keys {
-                if found.is_some() {
+                // A second key header is as ambiguous as a second Authorization header.
+                if found.is_some() || values.next().is_some() {
                     return Err(AuthFault::AmbiguousCredentials);
                 }
                 let key = v.to_str().map_err(|_| AuthFault::UnknownApiKey)?;
@@ -230,5 +232,49 @@ mod tests {
         assert_eq!(query_token(&uri), None);
         let uri: Uri = "/p".parse().unwrap();
         assert_eq!(query_token(&uri), None);
+    }
+
+    /// Found by the `bearer` fuzz target: with a good key in the first of two key headers the
+    /// caller was accepted and the second header ignored.
+    #[test]
+    fn two_api_key_headers_are_ambiguous() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, hash) = crate::identity::apikey::generate();
+        std::fs::write(
+            dir.path().join("keys.yaml"),
+            format!("keys:\n  - id: k\n    hash: {hash}\n    tenant: t1\n"),
+        )
+        .unwrap();
+        let yaml = "version: 1\nupstream: {url: http://127.0.0.1:9}\nidentity:\n  api_keys: {file: keys.yaml}\nroutes:\n  - name: api\n    auth: {require: required, api_keys: true}\n";
+        let policy =
+            crate::policy::compile::compile_sources(&[(dir.path().join("p.yaml"), yaml.into())])
+                .unwrap();
+        let keys = KeyStore::new(crate::telemetry::Metrics::new().jwks);
+        let counter = || prometheus::IntCounter::new("c", "c").unwrap();
+        let cache = TokenCache::new(
+            10,
+            counter(),
+            counter(),
+            prometheus::IntGauge::new("g", "g").unwrap(),
+        );
+        let v = Verifier {
+            policy: &policy,
+            keys: &keys,
+            cache: &cache,
+            now: 0,
+        };
+        let rule = &policy.routes[0].auth;
+        let uri: Uri = "/p".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.append("x-api-key", key.parse().unwrap());
+        assert!(matches!(
+            authenticate(&v, rule, &headers, &uri),
+            Ok(Some(_))
+        ));
+        headers.append("x-api-key", "".parse().unwrap());
+        assert_eq!(
+            authenticate(&v, rule, &headers, &uri).unwrap_err(),
+            Rejection::Unauthorized(AuthFault::AmbiguousCredentials)
+        );
     }
 }
