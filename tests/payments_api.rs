@@ -1,13 +1,13 @@
 //! Payments: tenant isolation, idempotency, validation, state machine, encryption at rest, and the
 //! operational endpoints, against both stores.
 
-mod payments_support;
+mod support;
 
 use std::sync::Arc;
 
-use payments_support::{assert_problem, new_key, payment_body, Kind, Service};
 use reqwest::StatusCode;
 use serde_json::json;
+use support::service::{assert_problem, new_key, payment_body, Kind, Service};
 use ward::payments::store::{PaymentFilter, StoreError};
 
 async fn payments_and_audit_of_another_tenant_are_invisible(kind: Kind) {
@@ -538,7 +538,7 @@ async fn readyz_answers_503_when_the_database_is_gone() {
     assert_eq!(svc.get("/readyz", None).await.status, StatusCode::OK);
     let name = svc.db.url.rsplit('/').next().unwrap().to_string();
     let mut admin =
-        <sqlx::PgConnection as sqlx::Connection>::connect(payments_support::PG_ADMIN_URL)
+        <sqlx::PgConnection as sqlx::Connection>::connect(support::service::PG_ADMIN_URL)
             .await
             .unwrap();
     sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))

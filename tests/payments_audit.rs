@@ -1,13 +1,13 @@
 //! The audit trail: written with every change, filtered per tenant, and verified by `ward audit verify`,
 //! which must name the first record that was altered or removed.
 
-mod payments_support;
+mod support;
 
 use std::process::Command;
 
-use payments_support::{new_key, payment_body, Kind, Service};
 use reqwest::StatusCode;
 use serde_json::json;
+use support::service::{new_key, payment_body, Kind, Service};
 
 fn verify(url: &str) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ward"))
@@ -24,7 +24,7 @@ fn verify(url: &str) -> (bool, String) {
 }
 
 /// A tenant with a few audited events: bootstrap, login, three payments, one cancel.
-async fn busy_tenant(svc: &Service) -> (payments_support::Creds, String) {
+async fn busy_tenant(svc: &Service) -> (support::service::Creds, String) {
     let acme = svc.new_tenant("acme").await;
     let t = svc.login(&acme).await.access;
     let mut last = String::new();

@@ -1,10 +1,10 @@
 //! Token issuing, rotation, revocation and lockout, against both stores.
 
-mod payments_support;
+mod support;
 
-use payments_support::{assert_problem, tokens, Kind, Service};
 use reqwest::StatusCode;
 use serde_json::json;
+use support::service::{assert_problem, tokens, Kind, Service};
 use ward::payments::store::StoreError;
 
 async fn refresh_rotates_and_reuse_revokes_the_family(kind: Kind) {
@@ -208,8 +208,8 @@ async fn five_failures_lock_the_account_and_the_lock_survives_a_restart(kind: Ki
 both_stores!(five_failures_lock_the_account_and_the_lock_survives_a_restart);
 
 async fn lock_ends_after_the_configured_duration(kind: Kind) {
-    let db = payments_support::TestDb::new(kind).await;
-    let mut config = payments_support::test_config(&db.url);
+    let db = support::service::TestDb::new(kind).await;
+    let mut config = support::service::test_config(&db.url);
     config.lockout.duration = std::time::Duration::from_millis(500);
     let svc = Service::start_with(db, config).await;
     let admin = svc.new_tenant("acme").await;
@@ -430,12 +430,12 @@ async fn roles_limit_what_users_may_do(kind: Kind) {
     let aud = svc.login(&auditor).await;
     let mer = svc.login(&merchant).await;
     assert_problem(
-        &svc.create_payment(&aud.access, "k1", payments_support::payment_body("1.00"))
+        &svc.create_payment(&aud.access, "k1", support::service::payment_body("1.00"))
             .await,
         403,
     );
     assert_eq!(
-        svc.create_payment(&mer.access, "k1", payments_support::payment_body("1.00"))
+        svc.create_payment(&mer.access, "k1", support::service::payment_body("1.00"))
             .await
             .status,
         StatusCode::CREATED
@@ -459,10 +459,10 @@ both_stores!(roles_limit_what_users_may_do);
 
 async fn keys_rotate_without_logging_anyone_out(kind: Kind) {
     use ward::payments::keys::{generate_signing_keypair, SigningKeys};
-    let db = payments_support::TestDb::new(kind).await;
+    let db = support::service::TestDb::new(kind).await;
     let old = generate_signing_keypair();
     let new = generate_signing_keypair();
-    let mut config = payments_support::test_config(&db.url);
+    let mut config = support::service::test_config(&db.url);
     config.tokens.keys = SigningKeys::from_pems("old", &old.private_pem, &[]).unwrap();
     let mut svc = Service::start_with(db, config).await;
     let admin = svc.new_tenant("acme").await;

@@ -1,6 +1,6 @@
 //! `payments::demo::prepare`: what `ward demo` runs behind the proxy.
 
-mod payments_support;
+mod support;
 
 use reqwest::StatusCode;
 use serde_json::json;
@@ -32,7 +32,7 @@ async fn demo_setup_serves_and_its_printed_credentials_log_in() {
         .post(format!("{base}/v1/payments"))
         .bearer_auth(token["access_token"].as_str().unwrap())
         .header("idempotency-key", "demo-1")
-        .json(&payments_support::payment_body("19.99"))
+        .json(&support::service::payment_body("19.99"))
         .send()
         .await
         .unwrap();

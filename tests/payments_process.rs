@@ -1,6 +1,6 @@
 //! The real `ward` binary: crash safety under kill -9, and fail-fast configuration checks.
 
-mod payments_support;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use payments_support::{new_key, payment_body, write_key_files, KeyFiles, Kind, TestDb};
 use reqwest::StatusCode;
 use serde_json::json;
+use support::service::{new_key, payment_body, write_key_files, KeyFiles, Kind, TestDb};
 
 /// A spawned `ward payments serve`, killed when dropped.
 struct Proc {

@@ -1,10 +1,10 @@
 //! PSP webhooks: signature, tolerance window, replay, and the state machine they drive.
 
-mod payments_support;
+mod support;
 
-use payments_support::{assert_problem, new_key, payment_body, Kind, Reply, Service};
 use reqwest::StatusCode;
 use serde_json::json;
+use support::service::{assert_problem, new_key, payment_body, Kind, Reply, Service};
 use ward::payments::webhook;
 
 async fn deliver(svc: &Service, body: &serde_json::Value, timestamp: i64, secret: &[u8]) -> Reply {

@@ -1,9 +1,13 @@
-//! The integration-test harness: an in-process test PKI (rcgen), a recording upstream on
-//! 127.0.0.1:0, the real proxy on 127.0.0.1:0 with a policy written to a temp directory, and
-//! clients that trust only the test CA. Nothing here stands in for ward's own code.
+//! The one integration-test harness, for the proxy and the payments service alike: an in-process
+//! test PKI (rcgen), a recording upstream on 127.0.0.1:0, the real proxy on 127.0.0.1:0 with a
+//! policy written to a temp directory, clients that trust only the test CA, `eventually` polling,
+//! and in its modules the payments service under test (`service`), Redis servers a test owns
+//! (`redis_servers`) and test issuers (`tokens`). Nothing here stands in for ward's own code.
+//! Each test binary uses part of it, hence `dead_code` is allowed.
 #![allow(dead_code)]
 
 pub mod redis_servers;
+pub mod service;
 pub mod tokens;
 
 use std::convert::Infallible;

@@ -1,7 +1,7 @@
-//! Test harness for `ward payments`: a real service on 127.0.0.1:0 over a real store (an SQLite file
-//! in a temp dir, or a freshly created PostgreSQL database on 127.0.0.1:5432 that is dropped
-//! afterwards), keys generated at run time, and a plain HTTP client.
-#![allow(dead_code)]
+//! The payments service under test: a real service on 127.0.0.1:0 over a real store (an SQLite
+//! file in a temp dir, or a freshly created PostgreSQL database on 127.0.0.1:5432 that is dropped
+//! afterwards), keys generated at run time, and a plain HTTP client (the service speaks plain
+//! HTTP; the proxy in front of it is what speaks TLS).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,11 +26,11 @@ macro_rules! both_stores {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                super::$name($crate::payments_support::Kind::Sqlite).await
+                super::$name($crate::support::service::Kind::Sqlite).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
-                super::$name($crate::payments_support::Kind::Postgres).await
+                super::$name($crate::support::service::Kind::Postgres).await
             }
         }
     };
