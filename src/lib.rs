@@ -40,7 +40,9 @@
 //!   7. authorization on roles, scopes, claims and tenant, taking the caller (403);
 //!   8. rate limits keyed by the verified caller (429 / 503);
 //!   9. sessions: refresh-token single use (401) and login lockout (429), reading a bounded body;
-//!   10. forward, with the caller in identity headers (502 / 504);
+//!   10. forward to the route's upstream, with the caller in identity headers: load shedding and
+//!       the circuit breaker (503 at once), a stalled request body (408), retries of idempotent
+//!       requests within a budget, then 502 / 504;
 //!   11. sessions on the upstream's answer: commit or release the refresh token, count a failed
 //!       login;
 //!   12. response hardening (security headers, CORS, RateLimit headers, request id) on every

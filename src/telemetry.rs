@@ -172,6 +172,7 @@ pub struct Metrics {
     pub revocation: crate::state::revocation::RevocationMetrics,
     pub events: crate::state::events::EventMetrics,
     pub session_store_errors: IntCounterVec,
+    pub upstream: crate::proxy::upstream::UpstreamMetrics,
 }
 
 impl Default for Metrics {
@@ -435,7 +436,25 @@ impl Metrics {
             "Refresh-token and lockout store calls that failed, by store.",
             &["store"],
         );
+        let upstream = crate::proxy::upstream::UpstreamMetrics {
+            breaker_state: gauge_vec(
+                "ward_upstream_breaker_state",
+                "Circuit breaker of each upstream: 0 closed, 1 open, 2 half-open.",
+                &["upstream"],
+            ),
+            events: counter(
+                "ward_upstream_events_total",
+                "Upstream decisions and failures by upstream and event: retry, retry_budget_exhausted, breaker_open, shed, body_timeout, connect_error, reset, bad_response, timeout.",
+                &["upstream", "event"],
+            ),
+            in_flight: gauge_vec(
+                "ward_upstream_in_flight",
+                "Requests in flight to each upstream (load shedding above max_concurrent).",
+                &["upstream"],
+            ),
+        };
         Metrics {
+            upstream,
             revocation,
             events,
             session_store_errors,

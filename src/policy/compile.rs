@@ -17,7 +17,7 @@ use super::spec::{
 };
 use super::{
     Cors, Deny, Fallback, HeaderRules, OriginPattern, Policy, RateKey, RateLimit, RedisTuning,
-    RequestLimits, Route, Server, Upstream,
+    RequestLimits, Route, Server,
 };
 
 /// One problem in one policy file.
@@ -181,6 +181,7 @@ impl Compiler {
 
     fn policy(&mut self, specs: Vec<(PathBuf, PolicySpec)>, hash: String) -> Option<Policy> {
         let mut upstream = None;
+        let mut named_upstreams = Vec::new();
         let mut server = None;
         let mut defaults: Option<(PathBuf, DefaultsSpec)> = None;
         let mut identity_spec: Option<(PathBuf, IdentitySpec)> = None;
@@ -199,7 +200,10 @@ impl Compiler {
                 if upstream.is_some() {
                     self.err("upstream", "defined in more than one policy file");
                 }
-                upstream = self.upstream(u);
+                upstream = Some((file.clone(), u));
+            }
+            if let Some(u) = spec.upstreams {
+                named_upstreams.push((file.clone(), u));
             }
             if let Some(s) = spec.server {
                 if server.is_some() {
@@ -230,10 +234,12 @@ impl Compiler {
             }
         }
         let (defaults_file, defaults) = defaults.unwrap_or_default();
-        if upstream.is_none() && !self.errors.iter().any(|e| e.field.starts_with("upstream")) {
+        if upstream.is_none() && named_upstreams.is_empty() {
             self.file = sources.first().cloned().unwrap_or_default();
             self.err("upstream", "no policy file defines the upstream");
         }
+        let mut watched_files = Vec::new();
+        let upstreams = self.upstreams(upstream, named_upstreams, &mut watched_files);
         if routes.is_empty() {
             self.file = sources.first().cloned().unwrap_or_default();
             self.err(
@@ -242,7 +248,6 @@ impl Compiler {
             );
         }
 
-        let mut watched_files = Vec::new();
         let identity = match identity_spec {
             Some((file, spec)) => {
                 self.file = file;
@@ -327,8 +332,12 @@ impl Compiler {
             let rate_limit_policy = HeaderValue::from_str(&items.join(", "))
                 .ok()
                 .filter(|_| !items.is_empty());
+            let Some(upstream) = self.route_upstream(&upstreams, r.upstream.as_ref(), &at) else {
+                continue;
+            };
             let route = Route {
                 name: Arc::from(r.name.as_str()),
+                upstream,
                 matcher: self.matcher(&r, &at),
                 deny: r.deny.as_ref().and_then(|d| {
                     let status = d.status.unwrap_or(403);
@@ -381,7 +390,7 @@ impl Compiler {
             hash,
             sources,
             loaded_at: SystemTime::now(),
-            upstream: upstream?,
+            upstreams,
             server: server.unwrap_or_else(|| self.server(Default::default())),
             routes: compiled,
             default_response_headers: self.header_rules(
@@ -393,59 +402,6 @@ impl Compiler {
             sessions,
             watched_files,
             inputs: self.inputs.clone().finalize().into(),
-        })
-    }
-
-    fn upstream(&mut self, u: super::spec::UpstreamSpec) -> Option<Upstream> {
-        let uri: http::Uri = match u.url.parse() {
-            Ok(uri) => uri,
-            Err(e) => {
-                self.err("upstream.url", format!("`{}` is not a URL: {e}", u.url));
-                return None;
-            }
-        };
-        let scheme = uri.scheme().cloned();
-        let (Some(scheme), Some(authority)) = (scheme, uri.authority().cloned()) else {
-            self.err(
-                "upstream.url",
-                format!(
-                    "`{}` needs a scheme and host, like http://127.0.0.1:8080",
-                    u.url
-                ),
-            );
-            return None;
-        };
-        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
-            self.err(
-                "upstream.url",
-                format!("scheme `{scheme}` is not http or https"),
-            );
-            return None;
-        }
-        if scheme == http::uri::Scheme::HTTPS {
-            self.err(
-                "upstream.url",
-                "https upstreams are not supported yet; the sidecar talks plain HTTP to 127.0.0.1",
-            );
-            return None;
-        }
-        if uri.query().is_some() {
-            self.err("upstream.url", "the upstream URL may not have a query");
-        }
-        Some(Upstream {
-            scheme,
-            authority,
-            path_prefix: uri.path().trim_end_matches('/').to_owned(),
-            idle_timeout: self.positive(
-                u.idle_timeout.map(|d| d.0),
-                Duration::from_secs(30),
-                "upstream.idle_timeout",
-            ),
-            request_timeout: self.positive(
-                u.request_timeout.map(|d| d.0),
-                Duration::from_secs(60),
-                "upstream.request_timeout",
-            ),
         })
     }
 

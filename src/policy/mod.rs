@@ -11,6 +11,7 @@ pub mod sessions;
 pub mod spec;
 pub mod store;
 pub mod units;
+pub mod upstream;
 pub mod watch;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub use compile::{load, CompileError, LoadError};
 pub use matcher::RouteMatch;
 pub use spec::{Mode, Requirement};
 pub use store::PolicyStore;
+pub use upstream::{RouteUpstream, Upstream, Upstreams};
 
 /// A compiled, validated policy. Immutable; replaced whole on reload.
 #[derive(Debug)]
@@ -32,7 +34,8 @@ pub struct Policy {
     pub hash: String,
     pub sources: Vec<std::path::PathBuf>,
     pub loaded_at: SystemTime,
-    pub upstream: Upstream,
+    /// Every upstream by name; the policy's `upstream` is `default`.
+    pub upstreams: Upstreams,
     pub server: Server,
     pub routes: Vec<Arc<Route>>,
     /// Response headers from `defaults`, for answers given before a route is known (400, 404).
@@ -46,16 +49,6 @@ pub struct Policy {
     /// Digest of every input (policy files, referenced files, secrets): a reload that changes
     /// only a referenced file still swaps the policy. Never published (secrets are in it).
     pub inputs: [u8; 32],
-}
-
-#[derive(Debug)]
-pub struct Upstream {
-    pub scheme: http::uri::Scheme,
-    pub authority: http::uri::Authority,
-    /// Path prefix from the URL, without trailing slash ("" for none).
-    pub path_prefix: String,
-    pub idle_timeout: Duration,
-    pub request_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -84,6 +77,8 @@ pub struct RedisTuning {
 pub struct Route {
     pub name: Arc<str>,
     pub matcher: RouteMatch,
+    /// Where the route forwards, with its own body timeout and retries.
+    pub upstream: RouteUpstream,
     pub deny: Option<Deny>,
     pub limits: RequestLimits,
     pub request_headers: HeaderRules,
@@ -246,6 +241,7 @@ pub fn explain(policy: &Policy, method: &Method, host: Option<&str>, path: &str)
         return out;
     };
     let _ = writeln!(out, "route: {}", r.name);
+    out.push_str(&upstream::explain(&r.upstream));
     if let Some(d) = r.deny {
         let _ = writeln!(out, "deny: {} ({:?} mode)", d.status, d.mode);
     }

@@ -18,8 +18,10 @@ use super::units::{Cidr, Dur, HeaderNameSpec, HeaderValueSpec, MethodName, Serde
 pub struct PolicySpec {
     /// Policy language version; only `1` exists.
     pub version: u32,
-    /// Where allowed requests are forwarded.
+    /// The default upstream: where allowed requests are forwarded (routes name it `default`).
     pub upstream: Option<UpstreamSpec>,
+    /// More upstreams by name, for routes' `upstream.name` (edge use with several backends).
+    pub upstreams: Option<std::collections::HashMap<String, UpstreamSpec>>,
     /// Connection-level settings, applied to new connections.
     pub server: Option<ServerSpec>,
     /// Who callers are: token issuers, API keys, and the identity headers sent upstream.
@@ -33,17 +35,9 @@ pub struct PolicySpec {
     pub routes: Vec<RouteSpec>,
 }
 
-/// The upstream service.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamSpec {
-    /// `http://host:port` (or `https://`) of the upstream; a path prefix is kept.
-    pub url: String,
-    /// Longest wait for the upstream's response headers, and for each response body chunk (504 before headers). Default 30s.
-    pub idle_timeout: Option<Dur>,
-    /// Longest time for the whole exchange with the upstream (504 before headers). Default 60s.
-    pub request_timeout: Option<Dur>,
-}
+pub use super::upstream::{
+    BreakerSpec, RetrySpec, RouteUpstreamSpec, UpstreamSpec, UpstreamTlsSpec,
+};
 
 /// Whether a rule blocks (`enforce`, the default) or only logs and counts what it would block (`shadow`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
@@ -304,6 +298,8 @@ pub struct RouteSpec {
     pub refresh_token: Option<RefreshTokenSpec>,
     /// Brute-force lockout on this route (a login endpoint).
     pub lockout: Option<LockoutSpec>,
+    /// Which upstream the route forwards to, and its own body timeout and retries.
+    pub upstream: Option<RouteUpstreamSpec>,
 }
 
 /// Revocation, the lockout key and security events.

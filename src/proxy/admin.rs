@@ -105,7 +105,16 @@ async fn ready(shared: &Shared) -> (bool, String) {
     {
         return (false, "revocations not loaded yet (fail_closed)".into());
     }
-    let authority = &policy.upstream.authority;
+    // The default upstream (the sidecar's service), else the first named one: one backend of
+    // several being down must not take the whole edge proxy out of rotation.
+    let Some(upstream) = policy
+        .upstreams
+        .get(crate::policy::upstream::DEFAULT_NAME)
+        .or_else(|| policy.upstreams.values().next())
+    else {
+        return (false, "no upstream".into());
+    };
+    let authority = &upstream.authority;
     let port = authority.port_u16().unwrap_or(80);
     let addr = format!("{}:{port}", authority.host());
     match tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await {

@@ -133,7 +133,7 @@ pub async fn run(proxy: Proxy, shutdown: impl Future<Output = ()>) -> Result<(),
         ),
         policy: proxy.policy.clone(),
         metrics: proxy.metrics.clone(),
-        client: upstream::client(),
+        upstreams: upstream::Registry::new(m.upstream.clone()),
         draining: AtomicBool::new(false),
     });
     drop(first);

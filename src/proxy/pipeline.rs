@@ -19,7 +19,7 @@ use super::stage::rate_limit::{Limits, Permit};
 use super::stage::session::{About, Pending, Sessions};
 use super::token_cache::TokenCache;
 use super::upstream::InBody;
-use super::upstream::{self, Forwarded, ProxyBody, UpstreamClient};
+use super::upstream::{self, Forwarded, ProxyBody};
 use crate::access_log::{AccessLine, ProxyFacts};
 use crate::identity::Principal;
 use crate::keystore::KeyStore;
@@ -51,7 +51,8 @@ pub struct Shared {
     /// The control API's bearer token; `None`: the API is off.
     pub admin_token: Option<Arc<[u8]>>,
     pub metrics: Metrics,
-    pub client: UpstreamClient,
+    /// Per upstream: connection pool, circuit breaker, retry budget, in-flight count.
+    pub upstreams: upstream::Registry,
     /// Set on SIGTERM: /readyz answers 503 from then on.
     pub draining: AtomicBool,
 }
@@ -243,7 +244,7 @@ async fn run_stages(
         &route,
         &parts.headers,
         body,
-        policy.upstream.request_timeout,
+        route.upstream.target.request_timeout,
     )
     .await?;
     let sessions = shared.sessions(policy);
@@ -258,7 +259,8 @@ async fn run_stages(
         }
         InBody::Stream(_) => Pending::default(),
     };
-    // 10. Forward to the upstream with the caller's identity headers (502/504; 413/400 for a bad unsized body).
+    // 10. Forward to the route's upstream with the caller's identity headers: load shedding and
+    //     the circuit breaker (503), a stalled body (408), retries, then 502/504 (413/400 for a bad unsized body).
     let (traceparent, started_trace) = super::trace::traceparent(&parts.headers);
     let fwd = Forwarded {
         client_ip: ex.client_ip,
@@ -277,7 +279,7 @@ async fn run_stages(
             .with_label_values(&[&*route.name, "body-too-large"])
     });
     let req = Request::from_parts(parts, body);
-    let forwarded = upstream::forward(&shared.client, policy, &route, req, fwd, shadow_body).await;
+    let forwarded = upstream::forward(&shared.upstreams, policy, &route, req, fwd, shadow_body).await;
     // 11. Sessions, on the upstream's answer: commit or release the refresh token, count a failed login.
     let answered = forwarded
         .as_ref()

@@ -143,6 +143,12 @@ pub enum Rejection {
     SessionStoreUnavailable,
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// The upstream's circuit breaker is open: answered at once, without contacting it.
+    UpstreamCircuitOpen {
+        retry_after: Duration,
+    },
+    /// More requests in flight to the upstream than its `max_concurrent`: shed at once.
+    UpstreamOverloaded,
 }
 
 const BEARER: HeaderValue = HeaderValue::from_static("Bearer realm=\"ward\"");
@@ -281,6 +287,16 @@ impl Rejection {
                 "upstream-timeout",
                 "Upstream timed out",
             ),
+            Rejection::UpstreamCircuitOpen { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream-circuit-open",
+                "Upstream failing; not contacted for now",
+            ),
+            Rejection::UpstreamOverloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream-overloaded",
+                "Upstream at capacity",
+            ),
         }
     }
 
@@ -297,6 +313,8 @@ impl Rejection {
             Rejection::RateLimited { retry_after, .. }
             | Rejection::RateLimitUnavailable { retry_after, .. } => vec![retry(retry_after)],
             Rejection::LoginLocked { retry_after } => vec![retry(retry_after)],
+            Rejection::UpstreamCircuitOpen { retry_after } => vec![retry(retry_after)],
+            Rejection::UpstreamOverloaded => vec![retry(&Duration::from_secs(1))],
             Rejection::AuthUnavailable
             | Rejection::RevocationUnavailable
             | Rejection::SessionStoreUnavailable => vec![retry(&Duration::from_secs(5))],
@@ -360,7 +378,9 @@ impl Rejection {
             | Rejection::BadCredentialBody
             | Rejection::SessionStoreUnavailable
             | Rejection::UpstreamUnavailable
-            | Rejection::UpstreamTimeout => self.parts().1.to_owned(),
+            | Rejection::UpstreamTimeout
+            | Rejection::UpstreamCircuitOpen { .. }
+            | Rejection::UpstreamOverloaded => self.parts().1.to_owned(),
         }
     }
 
@@ -438,6 +458,10 @@ mod tests {
             RejectionKind::SessionStoreUnavailable => Rejection::SessionStoreUnavailable,
             RejectionKind::UpstreamUnavailable => Rejection::UpstreamUnavailable,
             RejectionKind::UpstreamTimeout => Rejection::UpstreamTimeout,
+            RejectionKind::UpstreamCircuitOpen => Rejection::UpstreamCircuitOpen {
+                retry_after: Duration::from_secs(4),
+            },
+            RejectionKind::UpstreamOverloaded => Rejection::UpstreamOverloaded,
         }
     }
 

@@ -98,7 +98,7 @@ pub async fn before(
 ) -> Result<Pending, Rejection> {
     let mut pending = Pending::default();
     if let Some(rule) = &route.refresh {
-        pending.refresh = claim_refresh(s, rule, headers, body, about).await?;
+        pending.refresh = claim_refresh(s, rule, headers, body, about, route).await?;
     }
     if let Some(rule) = &route.lockout {
         pending.lockout = check_lockout(s, rule, body, about).await?;
@@ -112,6 +112,7 @@ async fn claim_refresh(
     headers: &HeaderMap,
     body: &Bytes,
     about: &About<'_>,
+    route: &Route,
 ) -> Result<Option<(TokenHash, Option<String>)>, Rejection> {
     let token = match &rule.source {
         TokenSource::JsonField(f) => json_fields(body, &[f.as_str()])?.remove(0),
@@ -122,7 +123,7 @@ async fn claim_refresh(
     }
     let hash: TokenHash = Sha256::digest(token.as_bytes()).into();
     let tuning = &s.policy.server.redis;
-    let pending_for = s.policy.upstream.request_timeout + Duration::from_secs(5);
+    let pending_for = route.upstream.target.request_timeout + Duration::from_secs(5);
     let claim = match s.refresh.claim(&hash, pending_for, tuning).await {
         Ok(c) => c,
         Err(e) => return store_failed(s, "refresh", rule.on_store_error, e).map(|()| None),

@@ -1,0 +1,177 @@
+//! Bodies on their way through: the client's request body with its stall deadline, a shadow-mode
+//! body that counts what runs over `max_body`, and the upstream's response body, cut off when it
+//! stalls or outlives the exchange's deadline.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+use super::registry::InFlight;
+use super::BoxError;
+
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no request body bytes within the body timeout")]
+pub struct BodyStalled;
+
+/// The client's request body, failing with [`BodyStalled`] (and raising `stalled`) when no bytes
+/// arrive for `idle`: a trickling client cannot hold an upstream exchange open.
+pub struct StallingBody {
+    inner: Incoming,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    pub stalled: Arc<AtomicBool>,
+}
+
+impl StallingBody {
+    pub fn new(inner: Incoming, idle: Duration) -> StallingBody {
+        StallingBody {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            stalled: Arc::default(),
+        }
+    }
+}
+
+impl Body for StallingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(next);
+                return Poll::Ready(Some(Ok(f)));
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        if this.timer.as_mut().poll(cx).is_ready() {
+            this.stalled.store(true, Ordering::Release);
+            return Poll::Ready(Some(Err(BodyStalled.into())));
+        }
+        Poll::Pending
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body in shadow mode: streams, and remembers once that it went over the limit.
+pub struct CountingBody {
+    pub inner: StallingBody,
+    pub seen: u64,
+    pub limit: u64,
+    /// Incremented once, the first time the body goes over; then dropped.
+    pub over: Option<prometheus::IntCounter>,
+}
+
+impl Body for CountingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &polled {
+            if let Some(d) = f.data_ref() {
+                this.seen += d.len() as u64;
+                if this.seen > this.limit {
+                    if let Some(counter) = this.over.take() {
+                        counter.inc();
+                        tracing::warn!(
+                            limit = this.limit,
+                            "shadow: request body over max_body would have been refused"
+                        );
+                    }
+                }
+            }
+        }
+        polled
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body stalled or exceeded the request timeout")]
+pub struct BodyTimeout;
+
+/// The upstream's response body, cut off when it stalls for `idle` or runs past `deadline`. It
+/// holds the request's place among the upstream's in-flight requests until it ends.
+pub struct TimedBody {
+    inner: Incoming,
+    idle: Duration,
+    idle_timer: Pin<Box<Sleep>>,
+    deadline: Pin<Box<Sleep>>,
+    _in_flight: InFlight,
+}
+
+impl TimedBody {
+    pub fn new(inner: Incoming, idle: Duration, deadline: Instant, in_flight: InFlight) -> TimedBody {
+        TimedBody {
+            inner,
+            idle,
+            idle_timer: Box::pin(tokio::time::sleep(idle)),
+            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl Body for TimedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        // The deadline first: an endless body that is always ready would never reach the timers.
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(BodyTimeout.into())));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.idle_timer.as_mut().reset(next);
+                return Poll::Ready(Some(Ok(f)));
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        if this.idle_timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(BodyTimeout.into())));
+        }
+        Poll::Pending
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

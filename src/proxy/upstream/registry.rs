@@ -1,0 +1,164 @@
+//! What the proxy keeps per upstream across requests and policy reloads: the connection pool
+//! (plain HTTP or rustls), the circuit breaker, the retry budget and the in-flight count. Looked
+//! up by the upstream's name; the pool is rebuilt only when the upstream's transport settings
+//! (scheme, connect timeout, TLS inputs) change, and the breaker and budget are never reset by a
+//! reload.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec};
+
+use super::breaker::Breaker;
+use super::retry::Budget;
+use super::ProxyBody;
+use crate::policy::Upstream;
+
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+pub type UpstreamClient = Client<Connector, ProxyBody>;
+
+/// Largest upstream response head ward buffers (hyper's read buffer): a bigger one is a 502.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Metric handles of the upstream decisions.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    /// `ward_upstream_breaker_state{upstream}`: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGaugeVec,
+    /// `ward_upstream_events_total{upstream,event}`: retry, retry_budget_exhausted,
+    /// breaker_open, shed, body_timeout, connect_error, reset, bad_response, timeout.
+    pub events: IntCounterVec,
+    /// `ward_upstream_in_flight{upstream}`.
+    pub in_flight: IntGaugeVec,
+}
+
+impl UpstreamMetrics {
+    pub fn event(&self, upstream: &str, event: &str) {
+        self.events.with_label_values(&[upstream, event]).inc();
+    }
+}
+
+/// One upstream's live state.
+pub struct Live {
+    digest: [u8; 32],
+    pub client: UpstreamClient,
+    pub breaker: Arc<Breaker>,
+    pub budget: Arc<Budget>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A request's place among an upstream's in-flight requests, given back when dropped (when the
+/// response body ends or is abandoned).
+pub struct InFlight {
+    count: Arc<AtomicUsize>,
+    gauge: IntGauge,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.dec();
+    }
+}
+
+impl Live {
+    /// A place among the in-flight requests, or `None` when `max` are already in flight.
+    pub fn enter(&self, max: usize, gauge: IntGauge) -> Option<InFlight> {
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        gauge.inc();
+        Some(InFlight {
+            count: self.in_flight.clone(),
+            gauge,
+        })
+    }
+}
+
+pub struct Registry {
+    live: RwLock<HashMap<Arc<str>, Arc<Live>>>,
+    pub metrics: UpstreamMetrics,
+}
+
+impl Registry {
+    pub fn new(metrics: UpstreamMetrics) -> Registry {
+        Registry {
+            live: RwLock::default(),
+            metrics,
+        }
+    }
+
+    /// The live state of `up`, made on first use and remade (keeping breaker, budget and count)
+    /// when its transport settings changed.
+    pub fn get(&self, up: &Upstream) -> Arc<Live> {
+        if let Some(l) = self
+            .live
+            .read()
+            .expect("registry lock is never poisoned")
+            .get(&up.name)
+        {
+            if l.digest == up.transport_digest {
+                return l.clone();
+            }
+        }
+        let mut map = self.live.write().expect("registry lock is never poisoned");
+        let old = map.get(&up.name);
+        if let Some(l) = old.filter(|l| l.digest == up.transport_digest) {
+            return l.clone();
+        }
+        let live = Arc::new(Live {
+            digest: up.transport_digest,
+            client: client(up),
+            breaker: old.map_or_else(Arc::default, |l| l.breaker.clone()),
+            budget: old.map_or_else(Arc::default, |l| l.budget.clone()),
+            in_flight: old.map_or_else(Arc::default, |l| l.in_flight.clone()),
+        });
+        map.insert(up.name.clone(), live.clone());
+        live
+    }
+}
+
+/// A pooled keep-alive HTTP/1.1 client for one upstream: plain TCP, or rustls with the policy's
+/// roots, SNI name and client certificate.
+fn client(up: &Upstream) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(up.connect_timeout));
+    http.enforce_http(false);
+    let tls = match &up.tls {
+        Some(t) => (*t.config).clone(),
+        // A plain-HTTP upstream never uses it: the connector only wraps https:// URIs.
+        None => rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports the default versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+    };
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    // The name was checked when the policy compiled.
+    let sni = up.tls.as_ref().and_then(|t| t.server_name.as_deref()).and_then(|n| {
+        rustls_pki_types::ServerName::try_from(n)
+            .ok()
+            .map(|n| n.to_owned())
+    });
+    let builder = match sni {
+        Some(name) => builder
+            .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name)),
+        None => builder,
+    };
+    let connector = builder.enable_http1().wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .pool_max_idle_per_host(2048)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .http1_max_buf_size(MAX_RESPONSE_HEAD)
+        .build(connector)
+}
