@@ -172,7 +172,10 @@ async fn a_reset_mid_response_ends_the_answer_and_the_proxy_keeps_serving() {
     let body = tokio::time::timeout(Duration::from_secs(10), r.bytes())
         .await
         .expect("the cut answer ends instead of hanging");
-    assert!(body.is_err(), "the client sees a truncated body, not a complete one");
+    assert!(
+        body.is_err(),
+        "the client sees a truncated body, not a complete one"
+    );
     assert_eq!(get(&p, "/ok").await.0, 200, "the proxy keeps serving");
 }
 
@@ -180,7 +183,9 @@ async fn a_reset_mid_response_ends_the_answer_and_the_proxy_keeps_serving() {
 async fn a_garbage_response_gets_502() {
     let fake = raw_upstream(|mut tcp| async move {
         read_head(&mut tcp).await;
-        let _ = tcp.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n\x00\x01garbage").await;
+        let _ = tcp
+            .write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n\x00\x01garbage")
+            .await;
     })
     .await;
     let p = start(&policy(fake, "")).await;
@@ -281,7 +286,10 @@ async fn the_breaker_opens_on_a_down_upstream_answers_503_at_once_and_closes_aft
         async { Response::new(Full::new(Bytes::from_static(b"back"))) }
     }));
     assert!(
-        eventually(Duration::from_secs(10), || async { get(&p, "/").await.0 == 200 }).await,
+        eventually(Duration::from_secs(10), || async {
+            get(&p, "/").await.0 == 200
+        })
+        .await,
         "a probe goes through once open_for has passed"
     );
     assert_eq!(get(&p, "/").await.0, 200);
@@ -306,7 +314,11 @@ async fn retries_only_idempotent_requests_and_stay_within_the_budget() {
         let r = c.post(p.url("/pay")).body("{}").send().await.unwrap();
         assert_eq!(r.status(), 503);
     }
-    assert_eq!(up.count(), 10, "a POST without Idempotency-Key is never retried");
+    assert_eq!(
+        up.count(),
+        10,
+        "a POST without Idempotency-Key is never retried"
+    );
     let r = c
         .post(p.url("/pay"))
         .header("idempotency-key", "k-1")
@@ -320,21 +332,28 @@ async fn retries_only_idempotent_requests_and_stay_within_the_budget() {
         assert_eq!(get(&p, "/").await.0, 503);
     }
     // 31 requests earned 6.2 retries; 2 were spent on the POST, 4 are left for the GETs.
-    assert_eq!(up.count(), 13 + 20 + 4, "retries never exceed 20% of requests");
+    assert_eq!(
+        up.count(),
+        13 + 20 + 4,
+        "retries never exceed 20% of requests"
+    );
     let retries = r#"ward_upstream_events_total{event="retry",upstream="default"}"#;
     assert_eq!(p.metric(retries).await, 6.0);
     assert!(
-        p.metric(r#"ward_upstream_events_total{event="retry_budget_exhausted",upstream="default"}"#)
-            .await
+        p.metric(
+            r#"ward_upstream_events_total{event="retry_budget_exhausted",upstream="default"}"#
+        )
+        .await
             >= 1.0
     );
 }
 
 #[tokio::test]
 async fn requests_over_max_concurrent_are_shed_at_once() {
-    let p = start(
-        &support::BASIC.replace("  request_timeout: 5s", "  request_timeout: 5s\n  max_concurrent: 2"),
-    )
+    let p = start(&support::BASIC.replace(
+        "  request_timeout: 5s",
+        "  request_timeout: 5s\n  max_concurrent: 2",
+    ))
     .await;
     let slow = |p: &Running| {
         p.client(false)
@@ -346,18 +365,29 @@ async fn requests_over_max_concurrent_are_shed_at_once() {
     let b = tokio::spawn(slow(&p));
     let in_flight = r#"ward_upstream_in_flight{upstream="default"}"#;
     assert!(
-        eventually(Duration::from_secs(5), || async { p.metric(in_flight).await == 2.0 }).await
+        eventually(Duration::from_secs(5), || async {
+            p.metric(in_flight).await == 2.0
+        })
+        .await
     );
     let t = Instant::now();
     let (status, headers, body) = get(&p, "/third").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("upstream-overloaded"), "{body}");
     assert!(headers.contains_key("retry-after"));
-    assert!(t.elapsed() < Duration::from_millis(1500), "not queued behind the slow ones");
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "not queued behind the slow ones"
+    );
     assert_eq!(a.await.unwrap().unwrap().status(), 200);
     assert_eq!(b.await.unwrap().unwrap().status(), 200);
     assert!(
-        p.upstream.seen.lock().unwrap().iter().all(|s| s.path == "/slow"),
+        p.upstream
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|s| s.path == "/slow"),
         "the shed request never reached the upstream"
     );
     assert_eq!(
@@ -387,7 +417,11 @@ async fn a_stalled_request_body_gets_408_and_the_upstream_exchange_is_abandoned(
         }
     })
     .await;
-    let p = start(&policy(fake, "  body_timeout: 500ms").replace("request_timeout: 3s", "request_timeout: 30s")).await;
+    let p = start(
+        &policy(fake, "  body_timeout: 500ms")
+            .replace("request_timeout: 3s", "request_timeout: 30s"),
+    )
+    .await;
     let mut tls = p.tls_connect(&[b"http/1.1"]).await;
     tls.write_all(b"POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n0123456789")
         .await
@@ -403,12 +437,18 @@ async fn a_stalled_request_body_gets_408_and_the_upstream_exchange_is_abandoned(
     }
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
-    assert!(t.elapsed() < Duration::from_secs(10), "cut at the 500ms body timeout, not the 30s request timeout");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "cut at the 500ms body timeout, not the 30s request timeout"
+    );
     let got = tokio::time::timeout(Duration::from_secs(5), closed_rx.recv())
         .await
         .expect("ward closes the upstream connection")
         .unwrap();
-    assert!(got > 0, "the head had gone upstream before the body stalled");
+    assert!(
+        got > 0,
+        "the head had gone upstream before the body stalled"
+    );
     assert_eq!(
         p.metric(r#"ward_upstream_events_total{event="body_timeout",upstream="default"}"#)
             .await,
@@ -438,7 +478,9 @@ async fn tls_upstream(pki: &support::Pki) -> (SocketAddr, Arc<Mutex<Vec<String>>
             let acceptor = acceptor.clone();
             let rec = rec.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 rec.lock()
                     .unwrap()
                     .push(tls.get_ref().1.server_name().unwrap_or("-").to_owned());
@@ -490,20 +532,39 @@ routes:
     let p = start(&template).await;
     let (status, _, body) = get(&p, "/secure/x").await;
     assert_eq!((status, body.as_str()), (200, "over tls"));
-    assert_eq!(names.lock().unwrap().as_slice(), ["localhost"], "SNI from server_name");
+    assert_eq!(
+        names.lock().unwrap().as_slice(),
+        ["localhost"],
+        "SNI from server_name"
+    );
     let (status, _, _) = get(&p, "/untrusted/x").await;
-    assert_eq!(status, 502, "a certificate outside the named CA bundle is refused");
-    assert_eq!(get(&p, "/plain").await.0, 200, "the default upstream still serves the rest");
+    assert_eq!(
+        status, 502,
+        "a certificate outside the named CA bundle is refused"
+    );
+    assert_eq!(
+        get(&p, "/plain").await.0,
+        200,
+        "the default upstream still serves the rest"
+    );
     assert_eq!(p.upstream.count(), 1);
 
     let (_, explain) = explain(&p.policy_path, "/secure/x");
-    assert!(explain.contains("upstream: secure (https://127.0.0.1:"), "{explain}");
+    assert!(
+        explain.contains("upstream: secure (https://127.0.0.1:"),
+        "{explain}"
+    );
     assert!(explain.contains("SNI localhost"), "{explain}");
 }
 
 fn explain(policy: &std::path::Path, path: &str) -> (bool, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ward"))
-        .args(["explain", &policy.display().to_string(), "GET", &format!("https://localhost{path}")])
+        .args([
+            "explain",
+            &policy.display().to_string(),
+            "GET",
+            &format!("https://localhost{path}"),
+        ])
         .output()
         .unwrap();
     (
@@ -533,7 +594,9 @@ fn check_refuses_an_unknown_upstream_and_an_unreadable_ca_bundle() {
     );
     assert!(!ok);
     assert!(
-        out.contains("policy.yaml: routes[0].upstream.name: unknown upstream `nope` (known: default)"),
+        out.contains(
+            "policy.yaml: routes[0].upstream.name: unknown upstream `nope` (known: default)"
+        ),
         "{out}"
     );
     let (ok, out) = check(
@@ -559,7 +622,12 @@ async fn a_reload_naming_an_unknown_upstream_keeps_the_last_good_policy() {
     ));
     p.reload();
     let errors = r#"ward_policy_reloads_total{result="error"}"#;
-    assert!(eventually(Duration::from_secs(10), || async { p.metric(errors).await >= 1.0 }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            p.metric(errors).await >= 1.0
+        })
+        .await
+    );
     let (_, policy) = p.admin_get("/policy").await;
     assert!(policy.contains("unknown upstream `missing`"), "{policy}");
     assert_eq!(get(&p, "/still").await.0, 200);

@@ -466,9 +466,10 @@ impl Compiler {
                 let field = format!("{at}.ca_bundle");
                 let bytes = self.pem_file(p, &field, digest, watched)?;
                 for der in CertificateDer::pem_slice_iter(&bytes) {
-                    match der.map_err(|e| e.to_string()).and_then(|d| {
-                        roots.add(d).map_err(|e| e.to_string())
-                    }) {
+                    match der
+                        .map_err(|e| e.to_string())
+                        .and_then(|d| roots.add(d).map_err(|e| e.to_string()))
+                    {
                         Ok(()) => {}
                         Err(e) => self.err(&field, format!("{p}: bad certificate: {e}")),
                     }
@@ -485,10 +486,7 @@ impl Compiler {
                     let _ = roots.add(der);
                 }
                 if roots.is_empty() {
-                    self.err(
-                        at,
-                        "no system root certificates found; name a ca_bundle",
-                    );
+                    self.err(at, "no system root certificates found; name a ca_bundle");
                     return None;
                 }
                 digest.update(b"system roots");
@@ -497,7 +495,10 @@ impl Compiler {
         };
         if let Some(n) = &t.server_name {
             if ServerName::try_from(n.as_str()).is_err() {
-                self.err(format!("{at}.server_name"), format!("`{n}` is not a DNS name or IP address"));
+                self.err(
+                    format!("{at}.server_name"),
+                    format!("`{n}` is not a DNS name or IP address"),
+                );
             }
             digest.update(n.as_bytes());
         }

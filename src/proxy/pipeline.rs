@@ -279,7 +279,8 @@ async fn run_stages(
             .with_label_values(&[&*route.name, "body-too-large"])
     });
     let req = Request::from_parts(parts, body);
-    let forwarded = upstream::forward(&shared.upstreams, policy, &route, req, fwd, shadow_body).await;
+    let forwarded =
+        upstream::forward(&shared.upstreams, policy, &route, req, fwd, shadow_body).await;
     // 11. Sessions, on the upstream's answer: commit or release the refresh token, count a failed login.
     let answered = forwarded
         .as_ref()

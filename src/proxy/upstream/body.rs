@@ -130,7 +130,12 @@ pub struct TimedBody {
 }
 
 impl TimedBody {
-    pub fn new(inner: Incoming, idle: Duration, deadline: Instant, in_flight: InFlight) -> TimedBody {
+    pub fn new(
+        inner: Incoming,
+        idle: Duration,
+        deadline: Instant,
+        in_flight: InFlight,
+    ) -> TimedBody {
         TimedBody {
             inner,
             idle,

@@ -154,7 +154,10 @@ impl Breaker {
     }
 
     pub fn state(&self) -> State {
-        self.inner.lock().expect("breaker lock is never poisoned").state
+        self.inner
+            .lock()
+            .expect("breaker lock is never poisoned")
+            .state
     }
 }
 
@@ -186,7 +189,10 @@ mod tests {
         let p1 = b.admit(&RULES, later).unwrap();
         let p2 = b.admit(&RULES, later).unwrap();
         assert_eq!((p1, p2), (Pass::Probe, Pass::Probe));
-        assert!(b.admit(&RULES, later).is_err(), "only `probes` probes at once");
+        assert!(
+            b.admit(&RULES, later).is_err(),
+            "only `probes` probes at once"
+        );
         b.record(&RULES, p1, true, later);
         assert_eq!(b.state(), State::HalfOpen);
         b.record(&RULES, p2, true, later);
@@ -204,10 +210,7 @@ mod tests {
         let p = b.admit(&RULES, later).unwrap();
         b.record(&RULES, p, false, later);
         assert_eq!(b.state(), State::Open);
-        assert_eq!(
-            b.admit(&RULES, later).unwrap_err(),
-            Duration::from_secs(5)
-        );
+        assert_eq!(b.admit(&RULES, later).unwrap_err(), Duration::from_secs(5));
     }
 
     #[test]

@@ -138,7 +138,11 @@ pub async fn forward(
     let Some(in_flight) = live.enter(up.max_concurrent, m.in_flight.with_label_values(&[name]))
     else {
         m.event(name, "shed");
-        tracing::warn!(upstream = name, limit = up.max_concurrent, "upstream at max_concurrent: request shed");
+        tracing::warn!(
+            upstream = name,
+            limit = up.max_concurrent,
+            "upstream at max_concurrent: request shed"
+        );
         return Err(Rejection::UpstreamOverloaded);
     };
     let deadline = Instant::now() + up.request_timeout;
@@ -171,7 +175,9 @@ pub async fn forward(
                 Outgoing::Replay(Bytes::new())
             } else if read_first {
                 let limit = usize::try_from(route.limits.max_body).unwrap_or(usize::MAX);
-                let read = tokio::time::timeout_at(deadline.into(), Limited::new(body, limit).collect()).await;
+                let read =
+                    tokio::time::timeout_at(deadline.into(), Limited::new(body, limit).collect())
+                        .await;
                 let bytes = match read {
                     Err(_) => return Err(Rejection::RequestTimeout),
                     Ok(Err(_)) if stalled.load(Ordering::Acquire) => {
@@ -227,14 +233,18 @@ pub async fn forward(
                     Err(wait) => {
                         m.event(name, "breaker_open");
                         // A retry that finds the breaker open returns the last attempt's failure.
-                        return Err(last.unwrap_or(Rejection::UpstreamCircuitOpen { retry_after: wait }));
+                        return Err(
+                            last.unwrap_or(Rejection::UpstreamCircuitOpen { retry_after: wait })
+                        );
                     }
                 }
             }
         };
         let body = match &mut outgoing {
             Outgoing::Replay(b) => full(b.clone()),
-            Outgoing::Once(b) => b.take().expect("a streamed body is sent by one attempt only"),
+            Outgoing::Once(b) => b
+                .take()
+                .expect("a streamed body is sent by one attempt only"),
         };
         let req = copy_head(&parts, body);
         let now = Instant::now();
@@ -242,14 +252,22 @@ pub async fn forward(
         let result = match tokio::time::timeout(wait, live.client.request(req)).await {
             Err(_) => Err(Failure::Timeout),
             Ok(Err(e)) => {
-                let f = classify(&e, stalled.as_ref().is_some_and(|s| s.load(Ordering::Acquire)));
+                let f = classify(
+                    &e,
+                    stalled.as_ref().is_some_and(|s| s.load(Ordering::Acquire)),
+                );
                 tracing::debug!(upstream = name, error = %e, failure = f.event(), "upstream request failed");
                 Err(f)
             }
             Ok(Ok(r)) => Ok(r),
         };
         let (ok, retry_cause) = match &result {
-            Ok(r) if matches!(r.status(), StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE) => {
+            Ok(r)
+                if matches!(
+                    r.status(),
+                    StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+                ) =>
+            {
                 (false, Some("status"))
             }
             Ok(r) => (r.status() != StatusCode::GATEWAY_TIMEOUT, None),
@@ -289,8 +307,8 @@ pub async fn forward(
     let upstream_time = started.elapsed();
     let mut response = response.map_err(Failure::rejection)?;
     headers::strip_hop_by_hop(response.headers_mut());
-    let response = response
-        .map(|b| TimedBody::new(b, up.idle_timeout, deadline, in_flight).boxed_unsync());
+    let response =
+        response.map(|b| TimedBody::new(b, up.idle_timeout, deadline, in_flight).boxed_unsync());
     Ok(Forwarding {
         response,
         upstream_time,

@@ -143,14 +143,19 @@ fn client(up: &Upstream) -> UpstreamClient {
         .with_tls_config(tls)
         .https_or_http();
     // The name was checked when the policy compiled.
-    let sni = up.tls.as_ref().and_then(|t| t.server_name.as_deref()).and_then(|n| {
-        rustls_pki_types::ServerName::try_from(n)
-            .ok()
-            .map(|n| n.to_owned())
-    });
+    let sni = up
+        .tls
+        .as_ref()
+        .and_then(|t| t.server_name.as_deref())
+        .and_then(|n| {
+            rustls_pki_types::ServerName::try_from(n)
+                .ok()
+                .map(|n| n.to_owned())
+        });
     let builder = match sni {
-        Some(name) => builder
-            .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name)),
+        Some(name) => {
+            builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+        }
         None => builder,
     };
     let connector = builder.enable_http1().wrap_connector(http);

@@ -70,7 +70,13 @@ mod tests {
         let none = HeaderMap::new();
         let mut key = HeaderMap::new();
         key.insert("idempotency-key", "k1".parse().unwrap());
-        for m in [Method::GET, Method::HEAD, Method::PUT, Method::DELETE, Method::OPTIONS] {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ] {
             assert!(idempotent(&m, &none), "{m}");
         }
         assert!(!idempotent(&Method::POST, &none));
