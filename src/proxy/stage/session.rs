@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use hmac::{Hmac, Mac};
 use http::{header, HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -173,9 +174,11 @@ async fn check_lockout(
     if rule.per_ip.is_some() {
         keys.push((ip_key.as_str(), "client_ip"));
     }
+    // The account's and the IP's gates are asked at once: one round trip to Redis, not two.
+    let gates = join_all(keys.iter().map(|(key, _)| s.lockouts.check(key, tuning))).await;
     let mut wait: Option<Duration> = None;
-    for (key, which) in keys {
-        match s.lockouts.check(key, tuning).await {
+    for ((key, which), gate) in keys.into_iter().zip(gates) {
+        match gate {
             Ok(Gate::Open) => {}
             Ok(Gate::Ended) => lockout_event(s, EventKind::LockoutEnded, which, key, about),
             Ok(Gate::Wait { retry_after, .. }) => {
