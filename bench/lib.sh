@@ -13,6 +13,8 @@
 #                         route requires auth), loaded with one hot token
 #   ward-jwt10k           the same, loaded with TOKENS (10,000) distinct valid tokens
 #   ward-jwt10k-nocache   the same with identity.cache.max_entries: 0 (a signature check per request)
+#   ward-jwt-rev          ward-jwt plus the revocation check of every verified token (sessions.revocation,
+#                         the in-process copy; issue 7), loaded with the hot token
 #   ward-redis            ward-policy.yaml with the per-IP limit kept in Redis (REDIS_URL)
 #   haproxy               HAProxy with bench/haproxy.cfg
 #   haproxy-jwt           the same plus jwt_verify ES256 and the claim checks HAProxy can express,
@@ -22,7 +24,7 @@
 #
 # Settings, from the environment (besides the caller's own):
 #   LOAD_CPU=0 PROXY_CPU=1    cores for the load generator and for the servers
-#   PORT_BASE=18080           ports PORT_BASE..PORT_BASE+16 on 127.0.0.1
+#   PORT_BASE=18080           ports PORT_BASE..PORT_BASE+18 on 127.0.0.1
 #   WARD_BIN=target/release/ward   built (under flock /tmp/ward-cargo.lock) if missing
 #   REDIS_URL=redis://127.0.0.1:6379   for ward-redis; its keys get a random prefix, deleted at exit
 #   TOKENS=10000    distinct tokens for the *-jwt10k cases
@@ -51,7 +53,7 @@ WARD_POLICY_EXTRA=${WARD_POLICY_EXTRA:-}
 # environment (valgrind's %q{BENCH_CASE} names its output after it).
 WRAP=()
 
-ALL_CASES="upstream upstream-tls ward ward-jwt ward-jwt10k ward-jwt10k-nocache ward-redis haproxy haproxy-jwt haproxy-jwt10k nginx"
+ALL_CASES="upstream upstream-tls ward ward-jwt ward-jwt10k ward-jwt10k-nocache ward-jwt-rev ward-redis haproxy haproxy-jwt haproxy-jwt10k nginx"
 
 # The JWT issuer of the JWT cases (bench/jwt.py signs for it).
 export JWT_ISSUER=https://issuer.bench.test JWT_AUDIENCE=ward-bench
@@ -72,6 +74,7 @@ declare -A CASE_PORT=(
     [ward-jwt10k]=$((PORT_BASE + 11))
     [ward-jwt10k-nocache]=$((PORT_BASE + 13))
     [ward-redis]=$((PORT_BASE + 15))
+    [ward-jwt-rev]=$((PORT_BASE + 17))
 )
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -372,6 +375,14 @@ identity:
       jwks: { file: jwks.json }
   cache: { max_entries: $entries }
 EOF
+        if [[ $c == ward-jwt-rev ]]; then
+            # Every verified token is checked against the revocations (jti, session, subject),
+            # kept in process; without --redis-url the copy is this process's own, always in sync.
+            cat >>"$p" <<EOF
+sessions:
+  revocation: { on_unsynced: fail_closed, max_token_lifetime: 1h }
+EOF
+        fi
     fi
     if [[ -n $WARD_POLICY_EXTRA ]]; then printf '%s\n' "$WARD_POLICY_EXTRA" >>"$p"; fi
     echo "$p"
@@ -419,7 +430,7 @@ start_case() {
 start_upstream() {
     local port
     make_cert
-    for port in $(seq "$PORT_BASE" $((PORT_BASE + 16))); do
+    for port in $(seq "$PORT_BASE" $((PORT_BASE + 18))); do
         port_free "$port" || die "127.0.0.1:$port is in use (set PORT_BASE)"
     done
     make_tokens
