@@ -77,7 +77,10 @@ mod tests {
         assert_eq!(accept_or_new(&h).len(), 64);
         assert_ne!(new_id(), new_id());
         let id = new_id();
-        assert!(id.as_bytes().iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
+        assert!(id
+            .as_bytes()
+            .iter()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
         let short = random_hex(5);
         assert_eq!(short.len(), 10);
         assert!(short.bytes().all(|c| c.is_ascii_hexdigit()));

@@ -614,7 +614,10 @@ mod tests {
         let start = b"GET / HTTP/1.1\r\nHost: x\r\nX: ";
         let end = b"\r\n\r\n";
         let mut data = start.to_vec();
-        data.extend(std::iter::repeat_n(b'a', MAX_HEAD - start.len() - end.len()));
+        data.extend(std::iter::repeat_n(
+            b'a',
+            MAX_HEAD - start.len() - end.len(),
+        ));
         data.extend(end);
         assert_eq!(scan(&data), Ok(()));
         data.insert(start.len(), b'a');

@@ -69,7 +69,10 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h, before, "nothing hop-by-hop: untouched");
 
-        h.insert(header::CONNECTION, HeaderValue::from_static("x-secret, close"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-secret, close"),
+        );
         h.insert("x-secret", HeaderValue::from_static("s"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
