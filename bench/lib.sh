@@ -416,6 +416,7 @@ start_case() {
             local policy extra=()
             policy=$(ward_policy "$c")
             if [[ $c == ward-redis ]]; then extra=(--redis-url "$REDIS_URL" --redis-prefix "$REDIS_PREFIX"); fi
+            if [[ $c == ward-jwt-rev ]]; then extra=(--admin-token-file "$RUN_DIR/admin.token"); fi
             "$WARD_BIN" check "$policy" >/dev/null || die "$c: ward check refuses its policy"
             start "$c" env BENCH_CASE="$c" ${WRAP[@]+"${WRAP[@]}"} "$WARD_BIN" proxy \
                 --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$(admin_port "$c")" \
@@ -430,6 +431,8 @@ start_case() {
 start_upstream() {
     local port
     make_cert
+    # The control API's token for ward-jwt-rev: made for this run, never printed.
+    (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$RUN_DIR/admin.token")
     for port in $(seq "$PORT_BASE" $((PORT_BASE + 18))); do
         port_free "$port" || die "127.0.0.1:$port is in use (set PORT_BASE)"
     done
@@ -445,6 +448,22 @@ wait_case() {
     [[ $1 == upstream* ]] && return
     wait_port "$1" "${CASE_PORT[$1]}" "${2:-15}"
     if is_ward "$1"; then wait_ready "$1" "${2:-15}"; fi
+    if [[ $1 == ward-jwt-rev ]]; then load_revocations "$1"; fi
+}
+
+# load_revocations CASE: REVOCATIONS (300) live revocations of other callers, a third each by
+# token id, session and subject, through the control API: what every verified token is checked
+# against (an empty list would skip the lookups).
+load_revocations() {
+    local port i kind status
+    port=$(admin_port "$1")
+    for ((i = 0; i < ${REVOCATIONS:-300}; i++)); do
+        case $((i % 3)) in 0) kind=token ;; 1) kind=session ;; *) kind=subject ;; esac
+        status=$(curl -s --max-time 10 -o /dev/null -w '%{http_code}' -H "authorization: Bearer $(cat "$RUN_DIR/admin.token")" \
+            -H 'content-type: application/json' -d "{\"kind\":\"$kind\",\"id\":\"bench-revoked-$i\"}" \
+            "http://127.0.0.1:$port/revocations")
+        [[ $status == 2* ]] || die "$1: revocation $i answered $status"
+    done
 }
 
 # start_servers [SECONDS]: the upstream and every case's server, each waited for (SECONDS: how
