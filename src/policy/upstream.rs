@@ -546,13 +546,15 @@ impl Compiler {
         })
     }
 
-    /// A route's upstream: the named one (or the default) with the route's own overrides.
+    /// A route's upstream: the named one (or the default) with the route's own overrides. An
+    /// unknown name is an error; the route still compiles (against a stand-in that no policy
+    /// in use ever holds) so that its other errors are reported too.
     pub(super) fn route_upstream(
         &mut self,
         upstreams: &Upstreams,
         spec: Option<&RouteUpstreamSpec>,
         at: &str,
-    ) -> Option<RouteUpstream> {
+    ) -> RouteUpstream {
         let spec_default = RouteUpstreamSpec::default();
         let spec = spec.unwrap_or(&spec_default);
         let name = spec.name.as_deref().unwrap_or(DEFAULT_NAME);
@@ -572,9 +574,13 @@ impl Compiler {
                     ),
                 );
             }
-            return None;
+            return RouteUpstream {
+                target: Arc::new(unresolved()),
+                body_timeout: Duration::from_secs(10),
+                retries: Retries::OFF,
+            };
         };
-        Some(RouteUpstream {
+        RouteUpstream {
             target: target.clone(),
             body_timeout: self.positive(
                 spec.body_timeout.map(|d| d.0),
@@ -585,7 +591,27 @@ impl Compiler {
                 Some(r) => self.retries(r, &format!("{at}.upstream.retries")),
                 None => target.retries,
             },
-        })
+        }
+    }
+}
+
+/// The stand-in target of a route whose upstream did not resolve (the policy has errors).
+fn unresolved() -> Upstream {
+    Upstream {
+        name: Arc::from("unresolved"),
+        url: String::new(),
+        scheme: http::uri::Scheme::HTTP,
+        authority: http::uri::Authority::from_static("unresolved.invalid"),
+        path_prefix: String::new(),
+        connect_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(60),
+        body_timeout: Duration::from_secs(10),
+        max_concurrent: 1,
+        retries: Retries::OFF,
+        breaker: None,
+        tls: None,
+        transport_digest: [0; 32],
     }
 }
 

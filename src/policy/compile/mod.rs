@@ -332,9 +332,7 @@ impl Compiler {
             let rate_limit_policy = HeaderValue::from_str(&items.join(", "))
                 .ok()
                 .filter(|_| !items.is_empty());
-            let Some(upstream) = self.route_upstream(&upstreams, r.upstream.as_ref(), &at) else {
-                continue;
-            };
+            let upstream = self.route_upstream(&upstreams, r.upstream.as_ref(), &at);
             let route = Route {
                 name: Arc::from(r.name.as_str()),
                 upstream,
