@@ -13,6 +13,8 @@
 #                         route requires auth), loaded with one hot token
 #   ward-jwt10k           the same, loaded with TOKENS (10,000) distinct valid tokens
 #   ward-jwt10k-nocache   the same with identity.cache.max_entries: 0 (a signature check per request)
+#   ward-jwt-rev          ward-jwt plus the revocation check of every verified token (sessions.revocation,
+#                         the in-process copy; issue 7), loaded with the hot token
 #   ward-redis            ward-policy.yaml with the per-IP limit kept in Redis (REDIS_URL)
 #   haproxy               HAProxy with bench/haproxy.cfg
 #   haproxy-jwt           the same plus jwt_verify ES256 and the claim checks HAProxy can express,
@@ -22,7 +24,7 @@
 #
 # Settings, from the environment (besides the caller's own):
 #   LOAD_CPU=0 PROXY_CPU=1    cores for the load generator and for the servers
-#   PORT_BASE=18080           ports PORT_BASE..PORT_BASE+16 on 127.0.0.1
+#   PORT_BASE=18080           ports PORT_BASE..PORT_BASE+18 on 127.0.0.1
 #   WARD_BIN=target/release/ward   built (under flock /tmp/ward-cargo.lock) if missing
 #   REDIS_URL=redis://127.0.0.1:6379   for ward-redis; its keys get a random prefix, deleted at exit
 #   TOKENS=10000    distinct tokens for the *-jwt10k cases
@@ -51,7 +53,7 @@ WARD_POLICY_EXTRA=${WARD_POLICY_EXTRA:-}
 # environment (valgrind's %q{BENCH_CASE} names its output after it).
 WRAP=()
 
-ALL_CASES="upstream upstream-tls ward ward-jwt ward-jwt10k ward-jwt10k-nocache ward-redis haproxy haproxy-jwt haproxy-jwt10k nginx"
+ALL_CASES="upstream upstream-tls ward ward-jwt ward-jwt10k ward-jwt10k-nocache ward-jwt-rev ward-redis haproxy haproxy-jwt haproxy-jwt10k nginx"
 
 # The JWT issuer of the JWT cases (bench/jwt.py signs for it).
 export JWT_ISSUER=https://issuer.bench.test JWT_AUDIENCE=ward-bench
@@ -72,6 +74,7 @@ declare -A CASE_PORT=(
     [ward-jwt10k]=$((PORT_BASE + 11))
     [ward-jwt10k-nocache]=$((PORT_BASE + 13))
     [ward-redis]=$((PORT_BASE + 15))
+    [ward-jwt-rev]=$((PORT_BASE + 17))
 )
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -372,6 +375,14 @@ identity:
       jwks: { file: jwks.json }
   cache: { max_entries: $entries }
 EOF
+        if [[ $c == ward-jwt-rev ]]; then
+            # Every verified token is checked against the revocations (jti, session, subject),
+            # kept in process; without --redis-url the copy is this process's own, always in sync.
+            cat >>"$p" <<EOF
+sessions:
+  revocation: { on_unsynced: fail_closed, max_token_lifetime: 1h }
+EOF
+        fi
     fi
     if [[ -n $WARD_POLICY_EXTRA ]]; then printf '%s\n' "$WARD_POLICY_EXTRA" >>"$p"; fi
     echo "$p"
@@ -405,6 +416,7 @@ start_case() {
             local policy extra=()
             policy=$(ward_policy "$c")
             if [[ $c == ward-redis ]]; then extra=(--redis-url "$REDIS_URL" --redis-prefix "$REDIS_PREFIX"); fi
+            if [[ $c == ward-jwt-rev ]]; then extra=(--admin-token-file "$RUN_DIR/admin.token"); fi
             "$WARD_BIN" check "$policy" >/dev/null || die "$c: ward check refuses its policy"
             start "$c" env BENCH_CASE="$c" ${WRAP[@]+"${WRAP[@]}"} "$WARD_BIN" proxy \
                 --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$(admin_port "$c")" \
@@ -419,7 +431,9 @@ start_case() {
 start_upstream() {
     local port
     make_cert
-    for port in $(seq "$PORT_BASE" $((PORT_BASE + 16))); do
+    # The control API's token for ward-jwt-rev: made for this run, never printed.
+    (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$RUN_DIR/admin.token")
+    for port in $(seq "$PORT_BASE" $((PORT_BASE + 18))); do
         port_free "$port" || die "127.0.0.1:$port is in use (set PORT_BASE)"
     done
     make_tokens
@@ -434,6 +448,22 @@ wait_case() {
     [[ $1 == upstream* ]] && return
     wait_port "$1" "${CASE_PORT[$1]}" "${2:-15}"
     if is_ward "$1"; then wait_ready "$1" "${2:-15}"; fi
+    if [[ $1 == ward-jwt-rev ]]; then load_revocations "$1"; fi
+}
+
+# load_revocations CASE: REVOCATIONS (300) live revocations of other callers, a third each by
+# token id, session and subject, through the control API: what every verified token is checked
+# against (an empty list would skip the lookups).
+load_revocations() {
+    local port i kind status
+    port=$(admin_port "$1")
+    for ((i = 0; i < ${REVOCATIONS:-300}; i++)); do
+        case $((i % 3)) in 0) kind=token ;; 1) kind=session ;; *) kind=subject ;; esac
+        status=$(curl -s --max-time 10 -o /dev/null -w '%{http_code}' -H "authorization: Bearer $(cat "$RUN_DIR/admin.token")" \
+            -H 'content-type: application/json' -d "{\"kind\":\"$kind\",\"id\":\"bench-revoked-$i\"}" \
+            "http://127.0.0.1:$port/revocations")
+        [[ $status == 2* ]] || die "$1: revocation $i answered $status"
+    done
 }
 
 # start_servers [SECONDS]: the upstream and every case's server, each waited for (SECONDS: how

@@ -6,7 +6,9 @@
 //! - [`policy`]: YAML policy files → `PolicySpec` (serde, unknown fields refused) → `compile` →
 //!   an immutable `Policy` with matchers built ahead of time → `PolicyStore` (one `ArcSwap`).
 //!   `watch` turns directory events (editors' renames, Kubernetes `..data` swaps) and SIGHUP
-//!   into reloads; a bad reload keeps the last good policy.
+//!   into reloads; a bad reload keeps the last good policy. `compile` is split by section
+//!   (`server`, `route`), `auth` by what it compiles (`issuer`, `api_keys`, `rule`), `sessions`
+//!   holds the session rules.
 //! - [`tls`]: certificate loading, the rustls `ServerConfig` (TLS 1.2/1.3, ALPN h2 + http/1.1),
 //!   and the `CertStore` that swaps certificates for new handshakes (and reports their expiry);
 //!   `ward certs dev`'s name-constrained development CA and leaf.
@@ -47,7 +49,12 @@
 //!       login;
 //!   12. response hardening (security headers, CORS, RateLimit headers, request id) on every
 //!       response, errors included.
-//! - [`telemetry`]: JSON logs and the Prometheus metric handles.
+//! - The edges both services share, one implementation each: [`request_id`] (accept a
+//!   well-formed id or make one), [`client_ip`] (the client behind trusted hops),
+//!   [`access_log`] (the one JSON request line: service, request id, method, path without query
+//!   values, route, status, duration, client IP, tenant, subject), [`serve`] (accept with
+//!   back-off, a task per connection, drain on shutdown), and [`telemetry`] (log setup with a
+//!   bounded, drop-counting writer; Prometheus rendering; the proxy's metric handles).
 //! - [`payments`]: `ward payments`, the bundled upstream: token issuing with rotation, payments
 //!   with validation and idempotency, the tenant-scoped tamper-evident audit trail, on SQLite or
 //!   PostgreSQL. `payments::api` is the router, the per-request shell and one file per resource;

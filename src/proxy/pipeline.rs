@@ -187,8 +187,8 @@ pub async fn handle(
 /// Every security stage, in order. Cheap checks and IP-keyed limits come first, so a flood of
 /// requests or forged tokens costs a hash lookup; signature checks come after them.
 async fn run_stages(
-    shared: &Shared,
-    policy: &Policy,
+    shared: &Arc<Shared>,
+    policy: &Arc<Policy>,
     conn: &ConnInfo,
     req: Request<Unread>,
     body: &mut Option<Incoming>,
@@ -294,12 +294,19 @@ async fn run_stages(
     });
     let req = Request::from_parts(parts, body);
     let forwarded = upstream::forward(&shared.client, policy, &route, req, fwd, shadow_body).await;
-    // 11. Sessions, on the upstream's answer: commit or release the refresh token, count a failed login.
+    // 11. Sessions, on the upstream's answer: release the refresh token or count a failed login
+    //     now; commit the token or clear the account once the answer is on its way.
     let answered = forwarded
         .as_ref()
         .map(|f| (f.response.status(), f.response.headers()));
     let (status, headers) = answered.unwrap_or((http::StatusCode::BAD_GATEWAY, &EMPTY_HEADERS));
-    stage::session::after(&sessions, &route, pending, status, headers, &about).await;
+    let settle = stage::session::after(&sessions, &route, pending, status, headers, &about).await;
+    if !settle.is_empty() {
+        let (shared, policy) = (Arc::clone(shared), Arc::clone(policy));
+        tokio::spawn(
+            async move { stage::session::settle(&shared.sessions(&policy), settle).await },
+        );
+    }
     let forwarded = forwarded?;
     timer.observe(forwarded.upstream_time.as_secs_f64());
     ex.upstream_time = Some(forwarded.upstream_time);

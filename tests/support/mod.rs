@@ -6,8 +6,10 @@
 //! Each test binary uses part of it, hence `dead_code` is allowed.
 #![allow(dead_code)]
 
+pub mod identity;
 pub mod redis_servers;
 pub mod service;
+pub mod sessions;
 pub mod tokens;
 
 use std::convert::Infallible;

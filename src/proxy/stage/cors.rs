@@ -109,3 +109,143 @@ pub fn decorate(route: &Route, origin: Option<&HeaderValue>, headers: &mut Heade
         headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::policy::compile::compile_sources;
+
+    fn route(cors: &str) -> Arc<Route> {
+        let yaml = format!(
+            "version: 1\nupstream: {{url: http://127.0.0.1:9}}\nroutes:\n  - name: api\n{cors}"
+        );
+        let p = compile_sources(&[(PathBuf::from("p.yaml"), yaml)]).unwrap();
+        p.routes[0].clone()
+    }
+
+    fn with_cors() -> Arc<Route> {
+        route(
+            "    cors:\n      allow_origins: [\"https://app.example.com\", \"https://*.pay.example.com\"]\n      allow_methods: [GET, POST]\n      allow_headers: [Authorization, Content-Type]\n      expose_headers: [X-Request-Id]\n      allow_credentials: true\n      max_age: 10m\n",
+        )
+    }
+
+    fn preflight_req(origin: &str, method: &str, headers: Option<&str>) -> Request<()> {
+        let mut b = Request::options("/v1/payments")
+            .header(header::ORIGIN, origin)
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, method);
+        if let Some(h) = headers {
+            b = b.header(header::ACCESS_CONTROL_REQUEST_HEADERS, h);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn only_options_with_origin_and_requested_method_is_a_preflight() {
+        assert!(is_preflight(&preflight_req("https://a", "GET", None)));
+        let plain_options = Request::options("/").header(header::ORIGIN, "https://a");
+        assert!(!is_preflight(&plain_options.body(()).unwrap()));
+        let get = Request::get("/")
+            .header(header::ORIGIN, "https://a")
+            .header(header::ACCESS_CONTROL_REQUEST_METHOD, "GET");
+        assert!(!is_preflight(&get.body(()).unwrap()));
+    }
+
+    #[test]
+    fn an_allowed_preflight_gets_204_with_every_cors_header() {
+        let r = with_cors();
+        let req = preflight_req(
+            "https://shop.pay.example.com",
+            "POST",
+            Some("content-type, AUTHORIZATION"),
+        );
+        let resp = preflight(&r, &req).unwrap().expect("answered here");
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        let h = resp.headers();
+        assert_eq!(
+            h[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://shop.pay.example.com"
+        );
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_METHODS], "GET, POST");
+        assert_eq!(h[header::ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+        assert_eq!(h[header::ACCESS_CONTROL_MAX_AGE], "600");
+        assert!(h[header::VARY].to_str().unwrap().starts_with("Origin"));
+    }
+
+    #[test]
+    fn a_preflight_asking_for_anything_not_allowed_is_refused() {
+        let r = with_cors();
+        let refused = [
+            preflight_req("https://evil.example.com", "GET", None),
+            preflight_req("null", "GET", None),
+            preflight_req("https://a.b.pay.example.com", "GET", None),
+            preflight_req("https://app.example.com", "DELETE", None),
+            preflight_req("https://app.example.com", "GET", Some("x-admin")),
+            preflight_req(
+                "https://app.example.com",
+                "GET",
+                Some("authorization, x-admin"),
+            ),
+        ];
+        for req in &refused {
+            assert!(
+                matches!(preflight(&r, req), Err(Rejection::CorsDenied)),
+                "{:?}",
+                req.headers()
+            );
+        }
+    }
+
+    #[test]
+    fn routes_without_cors_and_non_preflights_are_not_answered_here() {
+        let plain = route("");
+        let req = preflight_req("https://app.example.com", "GET", None);
+        assert!(matches!(preflight(&plain, &req), Ok(None)));
+        let r = with_cors();
+        let get = Request::get("/")
+            .header(header::ORIGIN, "https://app.example.com")
+            .body(())
+            .unwrap();
+        assert!(matches!(preflight(&r, &get), Ok(None)));
+    }
+
+    #[test]
+    fn actual_responses_carry_cors_headers_only_for_an_allowed_origin() {
+        let r = with_cors();
+        let mut h = HeaderMap::new();
+        decorate(
+            &r,
+            Some(&HeaderValue::from_static("https://app.example.com")),
+            &mut h,
+        );
+        assert_eq!(
+            h[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://app.example.com"
+        );
+        assert_eq!(h[header::ACCESS_CONTROL_EXPOSE_HEADERS], "x-request-id");
+        assert_eq!(h[header::VARY], "Origin");
+
+        let mut h = HeaderMap::new();
+        decorate(
+            &r,
+            Some(&HeaderValue::from_static("https://evil.example.com")),
+            &mut h,
+        );
+        assert!(!h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        assert_eq!(
+            h[header::VARY],
+            "Origin",
+            "Vary: Origin whatever the origin"
+        );
+
+        let mut h = HeaderMap::new();
+        decorate(
+            &route(""),
+            Some(&HeaderValue::from_static("https://app.example.com")),
+            &mut h,
+        );
+        assert!(h.is_empty(), "no CORS policy, no CORS headers");
+    }
+}

@@ -68,3 +68,104 @@ pub fn check<B: http_body::Body>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use bytes::Bytes;
+    use http::Method;
+    use http_body_util::{Empty, Full};
+
+    use super::*;
+    use crate::policy::compile::compile_sources;
+
+    fn route() -> std::sync::Arc<crate::policy::Route> {
+        let yaml = "version: 1\nupstream: {url: http://127.0.0.1:9}\nroutes:\n  - name: api\n    limits:\n      max_body: 1KiB\n      max_url: 64\n      max_headers: 4\n      max_header_bytes: 64\n      max_total_header_bytes: 128\n      methods: [GET, POST]\n      content_types: [application/json]\n";
+        let p = compile_sources(&[(PathBuf::from("p.yaml"), yaml.to_owned())]).unwrap();
+        p.routes[0].clone()
+    }
+
+    fn get(uri: &str) -> http::request::Builder {
+        Request::get(uri)
+    }
+
+    fn run(req: http::request::Builder) -> Result<(), Rejection> {
+        check(
+            &route().limits,
+            &req.body(Empty::<Bytes>::new()).unwrap(),
+            false,
+        )
+    }
+
+    fn post(ct: Option<&str>, body: &'static str) -> Result<(), Rejection> {
+        let mut b = Request::post("/");
+        if let Some(ct) = ct {
+            b = b.header(header::CONTENT_TYPE, ct);
+        }
+        let req = b
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        check(&route().limits, &req, false)
+    }
+
+    #[test]
+    fn a_request_inside_every_limit_passes() {
+        assert!(run(get("/v1/payments?page=2")).is_ok());
+        assert!(post(Some("application/json; charset=utf-8"), "{}").is_ok());
+        assert!(post(Some("Application/JSON"), "{}").is_ok());
+    }
+
+    #[test]
+    fn each_limit_answers_with_its_own_rejection() {
+        assert!(matches!(
+            run(Request::builder().method(Method::DELETE).uri("/")),
+            Err(Rejection::MethodNotAllowed)
+        ));
+        assert!(matches!(
+            run(get(&format!("/{}", "a".repeat(64)))),
+            Err(Rejection::UriTooLong)
+        ));
+        let mut many = get("/");
+        for i in 0..5 {
+            many = many.header(format!("x-h{i}"), "v");
+        }
+        assert!(matches!(run(many), Err(Rejection::TooManyHeaders)));
+        assert!(matches!(
+            run(get("/").header("x-big", "v".repeat(60))),
+            Err(Rejection::HeaderTooLarge)
+        ));
+        let total = get("/")
+            .header("x-a", "v".repeat(50))
+            .header("x-b", "v".repeat(50))
+            .header("x-c", "v".repeat(50));
+        assert!(matches!(run(total), Err(Rejection::HeadersTooLarge)));
+        assert!(matches!(
+            run(get("/").header(header::CONTENT_LENGTH, "1025")),
+            Err(Rejection::BodyTooLarge)
+        ));
+        assert!(matches!(
+            run(get("/").header(header::CONTENT_LENGTH, "12a")),
+            Err(Rejection::BadBody)
+        ));
+        assert!(matches!(
+            post(Some("text/plain"), "x"),
+            Err(Rejection::UnsupportedMediaType)
+        ));
+        assert!(matches!(
+            post(None, "x"),
+            Err(Rejection::UnsupportedMediaType)
+        ));
+    }
+
+    #[test]
+    fn a_cors_preflight_passes_the_method_check_and_an_empty_body_needs_no_content_type() {
+        let options = Request::options("/").body(Empty::<Bytes>::new()).unwrap();
+        assert!(matches!(
+            check(&route().limits, &options, false),
+            Err(Rejection::MethodNotAllowed)
+        ));
+        assert!(check(&route().limits, &options, true).is_ok());
+        assert!(run(get("/").header(header::CONTENT_LENGTH, "0")).is_ok());
+    }
+}

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use hmac::{Hmac, Mac};
 use http::{header, HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -173,9 +174,11 @@ async fn check_lockout(
     if rule.per_ip.is_some() {
         keys.push((ip_key.as_str(), "client_ip"));
     }
+    // The account's and the IP's gates are asked at once: one round trip to Redis, not two.
+    let gates = join_all(keys.iter().map(|(key, _)| s.lockouts.check(key, tuning))).await;
     let mut wait: Option<Duration> = None;
-    for (key, which) in keys {
-        match s.lockouts.check(key, tuning).await {
+    for ((key, which), gate) in keys.into_iter().zip(gates) {
+        match gate {
             Ok(Gate::Open) => {}
             Ok(Gate::Ended) => lockout_event(s, EventKind::LockoutEnded, which, key, about),
             Ok(Gate::Wait { retry_after, .. }) => {
@@ -192,7 +195,13 @@ async fn check_lockout(
     }
 }
 
-/// After the upstream answered `status`.
+/// Step 11, on the upstream's answer: what must be settled before the client can act on it
+/// happens now: a refresh token is released after a failure (so an honest retry is not theft),
+/// and a failed login is counted (so the next attempt meets its backoff or lock). What a success
+/// leaves (commit the refresh token, clear the account's failures) is returned, for `settle`
+/// off the request's path: nothing the client does next depends on it, since a second use of a
+/// pending refresh token is refused just as a committed one is, and revokes the family when the
+/// commit lands.
 pub async fn after(
     s: &Sessions<'_>,
     route: &Route,
@@ -200,8 +209,9 @@ pub async fn after(
     status: StatusCode,
     response: &HeaderMap,
     about: &About<'_>,
-) {
+) -> Settle {
     let tuning = &s.policy.server.redis;
+    let mut settle = Settle::default();
     if let (Some((hash, from_token)), Some(rule)) = (pending.refresh, &route.refresh) {
         if status.is_success() {
             let family = match &rule.family {
@@ -212,20 +222,7 @@ pub async fn after(
                 FamilySource::TokenClaim(_) => from_token,
                 FamilySource::Unknown => None,
             };
-            match s
-                .refresh
-                .commit(&hash, family.as_deref(), rule.lifetime, tuning)
-                .await
-            {
-                Ok(true) => {
-                    // Another use came in while this one was pending: theft, the family goes.
-                    if let Some(f) = &family {
-                        revoke_family(s, f).await;
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => note_store_error(s, "refresh", &e),
-            }
+            settle.commit = Some((hash, family, rule.lifetime));
         } else if let Err(e) = s.refresh.release(&hash, tuning).await {
             note_store_error(s, "refresh", &e);
         }
@@ -248,9 +245,50 @@ pub async fn after(
                 }
             }
         } else if status.is_success() {
-            if let Err(e) = s.lockouts.clear(&id_key, tuning).await {
-                note_store_error(s, "lockout", &e);
+            settle.clear = Some(id_key);
+        }
+    }
+    settle
+}
+
+/// What a successful answer leaves to settle, after the answer is on its way.
+#[derive(Debug, Default)]
+pub struct Settle {
+    /// The refresh token to commit as used: its hash, family and lifetime.
+    commit: Option<(TokenHash, Option<String>, Duration)>,
+    /// The account whose failures a successful login clears.
+    clear: Option<String>,
+}
+
+impl Settle {
+    pub fn is_empty(&self) -> bool {
+        self.commit.is_none() && self.clear.is_none()
+    }
+}
+
+/// Settles a success: commits the refresh token (revoking its family when another use came in
+/// meanwhile) and clears the account's failures. Store errors are counted and logged.
+pub async fn settle(s: &Sessions<'_>, work: Settle) {
+    let tuning = &s.policy.server.redis;
+    if let Some((hash, family, lifetime)) = work.commit {
+        match s
+            .refresh
+            .commit(&hash, family.as_deref(), lifetime, tuning)
+            .await
+        {
+            Ok(true) => {
+                // Another use came in while this one was pending: theft, the family goes.
+                if let Some(f) = &family {
+                    revoke_family(s, f).await;
+                }
             }
+            Ok(false) => {}
+            Err(e) => note_store_error(s, "refresh", &e),
+        }
+    }
+    if let Some(id_key) = work.clear {
+        if let Err(e) = s.lockouts.clear(&id_key, tuning).await {
+            note_store_error(s, "lockout", &e);
         }
     }
 }
