@@ -151,16 +151,20 @@ async fn each_sni_certificate_reloads_on_change_and_keeps_the_last_good() {
     let p = two_hosts().await;
     let default = der_of(&p.cert_paths.cert);
     let pay = der_of(&p.sni_paths[1].cert);
+    // A handshake first: the proxy is serving, so its certificate watcher is in place.
+    assert_eq!(served(&p, Some("api.test")).await, der_of(&p.sni_paths[0].cert));
     let (cert, key) = p.pki.leaf_for("api-two", &["api.test"]);
     let new_api = der(&cert);
     support::write_atomically(&p.sni_paths[0].key, &key);
     support::write_atomically(&p.sni_paths[0].cert, &cert);
+    let swapped = eventually(Duration::from_secs(3), || async {
+        served(&p, Some("api.test")).await == new_api
+    })
+    .await;
     assert!(
-        eventually(Duration::from_secs(3), || async {
-            served(&p, Some("api.test")).await == new_api
-        })
-        .await,
-        "new handshakes for api.test present its new certificate"
+        swapped,
+        "new handshakes for api.test present its new certificate: {}",
+        p.admin_get("/metrics").await.1
     );
     assert_eq!(served(&p, Some("x.pay.test")).await, pay, "others unchanged");
     assert_eq!(served(&p, None).await, default);
@@ -183,6 +187,7 @@ async fn each_sni_certificate_reloads_on_change_and_keeps_the_last_good() {
 #[tokio::test]
 async fn the_expiry_gauge_shows_the_certificate_to_renew_first() {
     let p = two_hosts().await;
+    assert_eq!(served(&p, None).await, der_of(&p.cert_paths.cert), "serving");
     let soon = time::OffsetDateTime::now_utc() + time::Duration::days(3);
     let soon = soon.replace_nanosecond(0).unwrap();
     let (cert, key) = p.pki.leaf_until("pay-soon", soon);

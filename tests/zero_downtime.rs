@@ -91,7 +91,7 @@ async fn sigterm_turns_readiness_off_keeps_serving_through_the_pre_stop_delay_th
     let slow = url("/slow");
     let in_flight = tokio::spawn(async move {
         c.get(slow)
-            .header("x-delay-ms", "2500")
+            .header("x-delay-ms", "1500")
             .send()
             .await
             .map(|r| r.status().as_u16())
