@@ -88,7 +88,7 @@ pub enum SniError {
     Load {
         names: String,
         #[source]
-        source: TlsError,
+        source: Box<TlsError>,
     },
 }
 
@@ -121,10 +121,11 @@ impl Certificates {
         let mut wildcard = HashMap::new();
         let mut owner: HashMap<String, PathBuf> = HashMap::new();
         for spec in specs {
-            let key = crate::tls::load_certified_key(&spec.paths).map_err(|source| SniError::Load {
-                names: spec.names.join(","),
-                source,
-            })?;
+            let key =
+                crate::tls::load_certified_key(&spec.paths).map_err(|source| SniError::Load {
+                    names: spec.names.join(","),
+                    source: Box::new(source),
+                })?;
             let i = named.len();
             named.push(CertStore::new(key, Some(spec.paths.clone())));
             for n in &spec.names {

@@ -17,20 +17,30 @@ async fn curl_post(p: &Running, size: usize, args: &[&str]) -> (String, Option<i
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &p.pki.ca_pem).unwrap();
     let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "30", "-o", "/dev/null", "-w", "%{http_code} %{http_version}"])
-        .arg("--cacert")
-        .arg(&ca)
-        .arg("--resolve")
-        .arg(format!("localhost:{}:127.0.0.1", p.addr.port()))
-        .arg("--data-binary")
-        .arg(format!("@{}", body.display()))
-        .args(args)
-        .arg(p.url("/upload"))
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("HTTPS_PROXY");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "30",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{http_version}",
+    ])
+    .arg("--cacert")
+    .arg(&ca)
+    .arg("--resolve")
+    .arg(format!("localhost:{}:127.0.0.1", p.addr.port()))
+    .arg("--data-binary")
+    .arg(format!("@{}", body.display()))
+    .args(args)
+    .arg(p.url("/upload"))
+    .env_remove("http_proxy")
+    .env_remove("https_proxy")
+    .env_remove("HTTPS_PROXY");
     let out = tokio::task::spawn_blocking(move || {
-        let out = cmd.output().expect("curl is installed (Debian: apt-get install curl)");
+        let out = cmd
+            .output()
+            .expect("curl is installed (Debian: apt-get install curl)");
         drop(dir);
         out
     })

@@ -152,7 +152,10 @@ async fn each_sni_certificate_reloads_on_change_and_keeps_the_last_good() {
     let default = der_of(&p.cert_paths.cert);
     let pay = der_of(&p.sni_paths[1].cert);
     // A handshake first: the proxy is serving, so its certificate watcher is in place.
-    assert_eq!(served(&p, Some("api.test")).await, der_of(&p.sni_paths[0].cert));
+    assert_eq!(
+        served(&p, Some("api.test")).await,
+        der_of(&p.sni_paths[0].cert)
+    );
     let (cert, key) = p.pki.leaf_for("api-two", &["api.test"]);
     let new_api = der(&cert);
     support::write_atomically(&p.sni_paths[0].key, &key);
@@ -166,7 +169,11 @@ async fn each_sni_certificate_reloads_on_change_and_keeps_the_last_good() {
         "new handshakes for api.test present its new certificate: {}",
         p.admin_get("/metrics").await.1
     );
-    assert_eq!(served(&p, Some("x.pay.test")).await, pay, "others unchanged");
+    assert_eq!(
+        served(&p, Some("x.pay.test")).await,
+        pay,
+        "others unchanged"
+    );
     assert_eq!(served(&p, None).await, default);
 
     std::fs::write(&p.sni_paths[0].cert, "not a certificate").unwrap();
@@ -187,7 +194,11 @@ async fn each_sni_certificate_reloads_on_change_and_keeps_the_last_good() {
 #[tokio::test]
 async fn the_expiry_gauge_shows_the_certificate_to_renew_first() {
     let p = two_hosts().await;
-    assert_eq!(served(&p, None).await, der_of(&p.cert_paths.cert), "serving");
+    assert_eq!(
+        served(&p, None).await,
+        der_of(&p.cert_paths.cert),
+        "serving"
+    );
     let soon = time::OffsetDateTime::now_utc() + time::Duration::days(3);
     let soon = soon.replace_nanosecond(0).unwrap();
     let (cert, key) = p.pki.leaf_until("pay-soon", soon);

@@ -115,7 +115,9 @@ async fn sigterm_turns_readiness_off_keeps_serving_through_the_pre_stop_delay_th
         "the check ran inside the delay; the machine is too slow for this test"
     );
     assert_eq!(
-        during.expect("a new connection during the pre-stop delay is served").status(),
+        during
+            .expect("a new connection during the pre-stop delay is served")
+            .status(),
         200
     );
     assert_eq!(

@@ -14,9 +14,9 @@ use super::Proxy;
 use crate::policy::{LoadError, PolicyStore};
 use crate::redis_link::RedisLink;
 use crate::settings::{ServeSettings, SettingsError};
+use crate::sni::{Certificates, SniSpec};
 use crate::state::revocation::Revocations;
 use crate::telemetry::Metrics;
-use crate::sni::{Certificates, SniSpec};
 use crate::tls::{CertPaths, CertStore};
 
 #[derive(Debug, thiserror::Error)]

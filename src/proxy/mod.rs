@@ -34,12 +34,12 @@ use crate::keystore::KeyStore;
 use crate::limit::{Limiter, MemoryLimiter, RedisLimiter};
 use crate::policy::{store::Reloaded, watch, Policy, PolicyStore};
 use crate::redis_link::RedisLink;
+use crate::sni::Certificates;
 use crate::state::events::{EventKind, SecurityEvent, SecurityEvents};
 use crate::state::lockout::Lockouts;
 use crate::state::refresh::RefreshClaims;
 use crate::state::revocation::Revocations;
 use crate::telemetry::Metrics;
-use crate::sni::Certificates;
 pub use pipeline::{ConnInfo, Shared};
 
 /// Everything `run` needs, already bound and loaded (start-up errors happen before this).

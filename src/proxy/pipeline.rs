@@ -11,8 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
-use super::rejection::AuthFault;
 use super::discard::Unread;
+use super::rejection::AuthFault;
 use super::rejection::Rejection;
 use super::stage;
 use super::stage::authn::Verifier;
@@ -254,7 +254,9 @@ async fn run_stages(
     counted?;
     // 9. Sessions: refresh-token single use (401 on reuse), login lockout (429); a bounded body read (400).
     let (parts, _) = req.into_parts();
-    let body = body.take().expect("stage 9 is the one place that takes the body");
+    let body = body
+        .take()
+        .expect("stage 9 is the one place that takes the body");
     let body = stage::session::read_body(
         &route,
         &parts.headers,
