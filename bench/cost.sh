@@ -130,7 +130,7 @@ measure_case() {
         fi
     done
     if [[ $c == ward-redis ]]; then
-        # Under valgrind ward is slow enough that a Redis answer may miss its deadline (50 ms);
+        # Under valgrind ward is slow enough that a Redis answer may miss its deadline (250 ms by default);
         # then it counts locally and the figures are not those of the Redis path.
         local fb
         fb=$(ward_metric "$c" ward_rate_limit_fallbacks_total)

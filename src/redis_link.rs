@@ -445,6 +445,17 @@ mod tests {
     }
 
     #[test]
+    fn default_tuning_leaves_room_for_a_busy_redis() {
+        // 50 ms timed out under saturation (the local fallback took over while Redis was up).
+        let yaml = "version: 1\nupstream: {url: http://127.0.0.1:9}\nroutes:\n  - name: all\n";
+        let p =
+            crate::policy::compile::compile_sources(&[("p.yaml".into(), yaml.to_owned())]).unwrap();
+        assert_eq!(p.server.redis.timeout, Duration::from_millis(250));
+        assert_eq!(p.server.redis.breaker_failures, 5);
+        assert_eq!(p.server.redis.breaker_cooldown, Duration::from_secs(2));
+    }
+
+    #[test]
     fn the_breaker_opens_after_consecutive_failures_and_one_probe_decides() {
         let tuning = RedisTuning {
             timeout: Duration::from_millis(10),

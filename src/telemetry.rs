@@ -44,7 +44,7 @@ pub fn init_logging(level: &str, output: LogOutput, dropped: IntCounter) -> LogG
         .name("ward-log".into())
         .spawn(move || sink_loop(&writer, output))
         .expect("spawning the log writer thread at start-up");
-    let _ = tracing_subscriber::fmt()
+    let installed = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
         .with_current_span(true)
@@ -53,6 +53,16 @@ pub fn init_logging(level: &str, output: LogOutput, dropped: IntCounter) -> LogG
         .with_env_filter(filter)
         .with_writer(LogWriter(sink.clone()))
         .try_init();
+    if installed.is_ok() {
+        // The request line skips tracing's formatter (a quarter of a request's instructions):
+        // `access_log` writes it into the same buffer, when the filter lets it through.
+        let on = tracing::enabled!(target: "ward::access_log", tracing::Level::INFO);
+        let _ = ACCESS_OUTPUT.set(if on {
+            AccessOutput::Direct(sink.clone())
+        } else {
+            AccessOutput::Off
+        });
+    }
     LogGuard {
         sink,
         flusher: Some(flusher),
@@ -63,7 +73,7 @@ const LOG_FLUSH_EVERY: Duration = Duration::from_millis(50);
 const LOG_FLUSH_AT: usize = 256 * 1024;
 const LOG_MAX_PENDING: usize = 8 * 1024 * 1024;
 
-struct LogSink {
+pub(crate) struct LogSink {
     pending: Mutex<Vec<u8>>,
     wake: Condvar,
     stop: AtomicBool,
@@ -103,17 +113,40 @@ fn sink_loop(sink: &LogSink, output: LogOutput) {
 #[derive(Clone)]
 struct LogWriter(Arc<LogSink>);
 
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut pending = self.0.pending.lock().expect("log buffer lock");
+impl LogSink {
+    /// Appends whole lines to the pending buffer, or drops and counts them when it is full.
+    pub(crate) fn append(&self, buf: &[u8]) {
+        let mut pending = self.pending.lock().expect("log buffer lock");
         if pending.len() + buf.len() > LOG_MAX_PENDING {
-            self.0.dropped.inc();
-            return Ok(buf.len());
+            self.dropped.inc();
+            return;
         }
         pending.extend_from_slice(buf);
         if pending.len() >= LOG_FLUSH_AT {
-            self.0.wake.notify_one();
+            self.wake.notify_one();
         }
+    }
+}
+
+/// Where the request log line goes (see `access_log`).
+pub(crate) enum AccessOutput {
+    /// Straight into the log buffer, already formatted as one JSON line.
+    Direct(Arc<LogSink>),
+    /// The level filter drops the line.
+    Off,
+}
+
+/// Set by `init_logging` when it installed ward's subscriber; unset (tests, other subscribers),
+/// the line goes through `tracing` like any other event.
+static ACCESS_OUTPUT: std::sync::OnceLock<AccessOutput> = std::sync::OnceLock::new();
+
+pub(crate) fn access_output() -> Option<&'static AccessOutput> {
+    ACCESS_OUTPUT.get()
+}
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.append(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {

@@ -176,14 +176,8 @@ pub fn verify(
     let key = keys
         .find(token.kid.as_deref(), token.alg)
         .ok_or(TokenFault::UnknownKey)?;
-    match jsonwebtoken::crypto::verify(
-        token.signature,
-        token.signing_input.as_bytes(),
-        &key.decoding,
-        token.alg,
-    ) {
-        Ok(true) => {}
-        Ok(false) | Err(_) => return Err(TokenFault::BadSignature),
+    if !key.verifies(token.alg, token.signing_input.as_bytes(), token.signature) {
+        return Err(TokenFault::BadSignature);
     }
     let claims = decode_object(token.payload)?;
     check_claims(claims, rules, now)

@@ -22,7 +22,73 @@ pub struct Key {
     pub kid: Option<String>,
     /// Algorithms this key verifies: its family's, narrowed by the JWK's `alg` when present.
     pub algorithms: Vec<Algorithm>,
-    pub decoding: DecodingKey,
+    verifier: Verifier,
+}
+
+/// How a key checks a signature. Public keys verify with ring (the same library as TLS, with
+/// assembly for P-256, P-384, Ed25519 and RSA: about 5x fewer instructions than pure Rust for
+/// ES256); an HMAC secret goes through jsonwebtoken.
+enum Verifier {
+    /// A P-256 or P-384 point, uncompressed (`04 || x || y`), or an Ed25519 key: ring's public
+    /// key encodings for those algorithms.
+    Point(Vec<u8>),
+    /// RSA modulus and exponent, big-endian, without leading zero bytes (ring refuses them).
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    Hmac(DecodingKey),
+}
+
+impl Key {
+    /// Whether `signature` (base64url, as in the token) signs `message` under this key for `alg`
+    /// (one of `algorithms`). Fixed-size signatures only: a DER-encoded ECDSA signature fails.
+    pub fn verifies(&self, alg: Algorithm, message: &[u8], signature: &str) -> bool {
+        use ring::signature as sig;
+        if !self.algorithms.contains(&alg) {
+            return false;
+        }
+        let point = |v: &'static dyn sig::VerificationAlgorithm, key: &[u8], s: &[u8]| {
+            sig::UnparsedPublicKey::new(v, key)
+                .verify(message, s)
+                .is_ok()
+        };
+        let rsa = |p: &'static sig::RsaParameters, n: &[u8], e: &[u8], s: &[u8]| {
+            sig::RsaPublicKeyComponents { n, e }
+                .verify(p, message, s)
+                .is_ok()
+        };
+        if let Verifier::Hmac(key) = &self.verifier {
+            return jsonwebtoken::crypto::verify(signature, message, key, alg).unwrap_or(false);
+        }
+        let Ok(s) = URL_SAFE_NO_PAD.decode(signature) else {
+            return false;
+        };
+        match (&self.verifier, alg) {
+            (Verifier::Point(k), Algorithm::ES256) => point(&sig::ECDSA_P256_SHA256_FIXED, k, &s),
+            (Verifier::Point(k), Algorithm::ES384) => point(&sig::ECDSA_P384_SHA384_FIXED, k, &s),
+            (Verifier::Point(k), Algorithm::EdDSA) => point(&sig::ED25519, k, &s),
+            (Verifier::Rsa { n, e }, Algorithm::RS256) => {
+                rsa(&sig::RSA_PKCS1_2048_8192_SHA256, n, e, &s)
+            }
+            (Verifier::Rsa { n, e }, Algorithm::RS384) => {
+                rsa(&sig::RSA_PKCS1_2048_8192_SHA384, n, e, &s)
+            }
+            (Verifier::Rsa { n, e }, Algorithm::RS512) => {
+                rsa(&sig::RSA_PKCS1_2048_8192_SHA512, n, e, &s)
+            }
+            (Verifier::Rsa { n, e }, Algorithm::PS256) => {
+                rsa(&sig::RSA_PSS_2048_8192_SHA256, n, e, &s)
+            }
+            (Verifier::Rsa { n, e }, Algorithm::PS384) => {
+                rsa(&sig::RSA_PSS_2048_8192_SHA384, n, e, &s)
+            }
+            (Verifier::Rsa { n, e }, Algorithm::PS512) => {
+                rsa(&sig::RSA_PSS_2048_8192_SHA512, n, e, &s)
+            }
+            _ => false,
+        }
+    }
 }
 
 impl std::fmt::Debug for Key {
@@ -107,7 +173,7 @@ impl KeySet {
             anonymous: vec![Key {
                 kid: None,
                 algorithms: algorithms.to_vec(),
-                decoding: DecodingKey::from_secret(secret),
+                verifier: Verifier::Hmac(DecodingKey::from_secret(secret)),
             }],
         })
     }
@@ -188,22 +254,20 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
         }
     }
     let kty = text("kty")?.ok_or("no `kty`")?;
-    let b64 = |name: &str| -> Result<&str, String> {
+    let b64 = |name: &str| -> Result<Vec<u8>, String> {
         let v = text(name)?.ok_or_else(|| format!("no `{name}`"))?;
         URL_SAFE_NO_PAD
             .decode(v)
-            .map_err(|_| format!("`{name}` is not base64url without padding"))?;
-        Ok(v)
+            .map_err(|_| format!("`{name}` is not base64url without padding"))
     };
-    let (family, decoding): (Vec<Algorithm>, DecodingKey) = match kty {
+    let (family, verifier): (Vec<Algorithm>, Verifier) = match kty {
         "OKP" => match text("crv")? {
             Some("Ed25519") => {
                 let x = b64("x")?;
-                if URL_SAFE_NO_PAD.decode(x).map_or(0, |b| b.len()) != 32 {
+                if x.len() != 32 {
                     return Err("an Ed25519 `x` must be 32 bytes".into());
                 }
-                let key = DecodingKey::from_ed_components(x).map_err(|e| e.to_string())?;
-                (vec![Algorithm::EdDSA], key)
+                (vec![Algorithm::EdDSA], Verifier::Point(x))
             }
             other => return Err(format!("OKP curve {other:?} is not supported (Ed25519 is)")),
         },
@@ -218,32 +282,36 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
                 }
             };
             let (x, y) = (b64("x")?, b64("y")?);
-            for (name, v) in [("x", x), ("y", y)] {
-                if URL_SAFE_NO_PAD.decode(v).map_or(0, |b| b.len()) != len {
+            for (name, v) in [("x", &x), ("y", &y)] {
+                if v.len() != len {
                     return Err(format!("`{name}` must be {len} bytes for this curve"));
                 }
             }
-            let key = DecodingKey::from_ec_components(x, y).map_err(|e| e.to_string())?;
-            (vec![alg], key)
+            let mut point = Vec::with_capacity(1 + 2 * len);
+            point.push(0x04);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
+            (vec![alg], Verifier::Point(point))
         }
         "RSA" => {
             let (n, e) = (b64("n")?, b64("e")?);
-            let modulus = URL_SAFE_NO_PAD.decode(n).unwrap_or_default();
-            // Significant bits: leading zero bytes do not count, and an empty (or undecodable)
-            // modulus has none (it must not underflow into a huge size).
-            let start = modulus
-                .iter()
-                .position(|&b| b != 0)
-                .unwrap_or(modulus.len());
-            let bits = modulus[start..].first().map_or(0, |b| {
-                (modulus.len() - start) * 8 - b.leading_zeros() as usize
-            });
+            // Significant bits: leading zero bytes do not count, and an empty modulus has none
+            // (it must not underflow into a huge size).
+            let significant =
+                |v: &[u8]| v[v.iter().position(|&b| b != 0).unwrap_or(v.len())..].to_vec();
+            let (n, e) = (significant(&n), significant(&e));
+            let bits = n
+                .first()
+                .map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
             if bits < MIN_RSA_BITS {
                 return Err(format!(
                     "RSA modulus of {bits} bits is too small (at least {MIN_RSA_BITS})"
                 ));
             }
-            let key = DecodingKey::from_rsa_components(n, e).map_err(|e| e.to_string())?;
+            if e.is_empty() {
+                return Err("RSA exponent `e` is zero".into());
+            }
+            let key = Verifier::Rsa { n, e };
             (
                 vec![
                     Algorithm::RS256,
@@ -272,7 +340,7 @@ fn parse_jwk(jwk: &Value) -> Result<Key, String> {
     Ok(Key {
         kid: kid.map(str::to_owned),
         algorithms,
-        decoding,
+        verifier,
     })
 }
 

@@ -82,9 +82,9 @@ pub struct ServerSpec {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSpec {
-    /// Longest wait for one Redis answer; past it the call counts as failed and the limit's `on_redis_error` applies. Default 50ms.
+    /// Longest wait for one Redis answer; past it the call counts as failed and the limit's `on_redis_error` applies. Default 250ms.
     pub timeout: Option<Dur>,
-    /// Consecutive failed calls that open the breaker (no Redis call at all while open). Default 3.
+    /// Consecutive failed calls that open the breaker (no Redis call at all while open). Default 5.
     pub breaker_failures: Option<u32>,
     /// How long the breaker stays open before one probe call may try Redis again. Default 2s.
     pub breaker_cooldown: Option<Dur>,

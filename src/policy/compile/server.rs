@@ -123,13 +123,13 @@ impl Compiler {
                 RedisTuning {
                     timeout: self.positive(
                         r.timeout.map(|d| d.0),
-                        Duration::from_millis(50),
+                        Duration::from_millis(250),
                         "server.redis.timeout",
                     ),
                     breaker_failures: count(
                         self,
                         r.breaker_failures.map(|v| v as usize),
-                        3,
+                        5,
                         "server.redis.breaker_failures",
                     ) as u32,
                     breaker_cooldown: self.positive(

@@ -138,8 +138,8 @@ fn verify_token(
                     is.fingerprint == e.fingerprint && key_present(v.keys, is, e.kid.as_deref())
                 })
         });
-        if let Some(e) = hit {
-            return Ok(e.principal);
+        if let Some(principal) = hit {
+            return Ok(principal);
         }
     }
     let issuer = pick_issuer(rule, token)?;

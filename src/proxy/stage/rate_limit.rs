@@ -61,7 +61,14 @@ impl Permit {
         if let Some(p) = policy {
             out.push((HeaderName::from_static("ratelimit-policy"), p));
         }
-        if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";r={};t={reset}", d.remaining)) {
+        let mut item = String::with_capacity(name.len() + 32);
+        item.push('"');
+        item.push_str(name);
+        item.push_str("\";r=");
+        push_decimal(&mut item, u64::from(d.remaining));
+        item.push_str(";t=");
+        push_decimal(&mut item, reset);
+        if let Ok(v) = HeaderValue::from_str(&item) {
             out.push((HeaderName::from_static("ratelimit"), v));
         }
         out.push((
@@ -228,7 +235,7 @@ fn settle<'r>(
 pub fn pre_auth_key(rl: &RateLimit, route: &str, headers: &HeaderMap, client_ip: IpAddr) -> String {
     let cut = |v: &[u8]| String::from_utf8_lossy(&v[..v.len().min(256)]).into_owned();
     match &rl.key {
-        RateKey::Ip => format!("{}|ip|{client_ip}", rl.name),
+        RateKey::Ip => ip_key(&rl.name, client_ip),
         RateKey::IpUserAgent => {
             let ua = headers
                 .get(header::USER_AGENT)
@@ -239,13 +246,49 @@ pub fn pre_auth_key(rl: &RateLimit, route: &str, headers: &HeaderMap, client_ip:
         RateKey::Route => format!("{}|route|{route}", rl.name),
         RateKey::Header(h) => match headers.get(h) {
             Some(v) => format!("{}|hdr|{}", rl.name, cut(v.as_bytes())),
-            None => format!("{}|ip|{client_ip}", rl.name),
+            None => ip_key(&rl.name, client_ip),
         },
         // Identity keys are counted in stage 8; compile keeps them out of this list.
-        RateKey::Subject | RateKey::Tenant | RateKey::ApiKey => {
-            format!("{}|ip|{client_ip}", rl.name)
+        RateKey::Subject | RateKey::Tenant | RateKey::ApiKey => ip_key(&rl.name, client_ip),
+    }
+}
+
+/// `<limit>|ip|<address>`, the key of most limits, built without `format!` (every request
+/// builds one).
+fn ip_key(name: &str, ip: IpAddr) -> String {
+    let mut key = String::with_capacity(name.len() + 4 + 39);
+    key.push_str(name);
+    key.push_str("|ip|");
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    key.push('.');
+                }
+                push_decimal(&mut key, u64::from(octet));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(key, "{v6}");
         }
     }
+    key
+}
+
+fn push_decimal(out: &mut String, n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).expect("ASCII digits"));
 }
 
 /// The counter key of a limit counted by the verified caller. Without a caller (optional
@@ -254,7 +297,7 @@ pub fn pre_auth_key(rl: &RateLimit, route: &str, headers: &HeaderMap, client_ip:
 pub fn identity_key(rl: &RateLimit, principal: Option<&Principal>, client_ip: IpAddr) -> String {
     let cut = |s: &str| s.chars().take(256).collect::<String>();
     let Some(p) = principal else {
-        return format!("{}|ip|{client_ip}", rl.name);
+        return ip_key(&rl.name, client_ip);
     };
     match (&rl.key, &p.tenant, &p.method) {
         (RateKey::Tenant, Some(t), _) => format!("{}|tenant|{}", rl.name, cut(t)),
@@ -345,6 +388,19 @@ mod tests {
         );
         let missing = limit(RateKey::Header(HeaderName::from_static("x-other")));
         assert_eq!(pre_auth_key(&missing, "r", &h, ip), "l|ip|10.1.2.3");
+        for ip in ["0.0.0.0", "255.10.0.199", "2001:db8::1", "::ffff:1.2.3.4"] {
+            let parsed: IpAddr = ip.parse().unwrap();
+            assert_eq!(
+                pre_auth_key(&limit(RateKey::Ip), "r", &h, parsed),
+                format!("l|ip|{parsed}")
+            );
+        }
+        let mut n = String::new();
+        for v in [0, 7, 10, 99, 100, u64::from(u32::MAX), u64::MAX] {
+            n.clear();
+            push_decimal(&mut n, v);
+            assert_eq!(n, v.to_string());
+        }
     }
 
     #[test]
