@@ -121,6 +121,7 @@ pub async fn run(
         metrics,
         Some(revocations),
         settings.runtime.drain_timeout,
+        settings.runtime.pre_stop_delay,
     )
     .await?;
     let https = ready.listener.local_addr().map_err(io_err)?;

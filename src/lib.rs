@@ -12,6 +12,8 @@
 //! - [`tls`]: certificate loading, the rustls `ServerConfig` (TLS 1.2/1.3, ALPN h2 + http/1.1),
 //!   and the `CertStore` that swaps certificates for new handshakes (and reports their expiry);
 //!   `ward certs dev`'s name-constrained development CA and leaf.
+//! - [`sni`]: several certificates on one listener, chosen by the client's server name (exact,
+//!   then `*.` wildcard, else the default), each its own reloading `CertStore`.
 //! - [`identity`]: the token vocabulary both services speak: `Principal` (a verified caller),
 //!   `AuthMethod`, the payments service's `Role` and `AccessClaims`; and the pure verification the
 //!   proxy applies to any issuer: `keyset` (strict JWKS), `jwt` (compact JWS and claims),
@@ -81,6 +83,7 @@ pub mod redis_link;
 pub mod request_id;
 pub mod serve;
 pub mod settings;
+pub mod sni;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

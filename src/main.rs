@@ -270,12 +270,22 @@ async fn run_proxy(s: ProxySettings) -> anyhow::Result<()> {
         telemetry::LogOutput::Stdout,
         metrics.log_lines_dropped.clone(),
     );
-    let certs = proxy::launch::Certs::Files(CertPaths {
-        cert: s.tls_cert.clone(),
-        key: s.tls_key.clone(),
-    });
-    let ready =
-        proxy::launch::prepare(&s.serve, certs, metrics, None, s.runtime.drain_timeout).await?;
+    let certs = proxy::launch::Certs::Files(
+        CertPaths {
+            cert: s.tls_cert.clone(),
+            key: s.tls_key.clone(),
+        },
+        s.tls_sni.clone(),
+    );
+    let ready = proxy::launch::prepare(
+        &s.serve,
+        certs,
+        metrics,
+        None,
+        s.runtime.drain_timeout,
+        s.runtime.pre_stop_delay,
+    )
+    .await?;
     proxy::run(ready, shutdown_signal()).await?;
     Ok(())
 }

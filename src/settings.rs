@@ -18,6 +18,12 @@ pub struct ProxySettings {
     /// PEM private key; re-read when it changes on disk.
     #[arg(long, env = "WARD_TLS_KEY")]
     pub tls_key: PathBuf,
+    /// Another certificate, chosen by SNI: `NAMES=CERT,KEY` with NAMES comma-separated (`*.`
+    /// wildcards allowed), e.g. `api.example.com,*.api.example.com=/tls/api/tls.crt,/tls/api/tls.key`.
+    /// Repeatable (in WARD_TLS_SNI, entries separated by `;`); each pair re-read when it changes.
+    /// A client without SNI, or naming no entry, gets --tls-cert.
+    #[arg(long = "tls-sni", env = "WARD_TLS_SNI", value_name = "NAMES=CERT,KEY", value_delimiter = ';', value_parser = crate::sni::parse_spec)]
+    pub tls_sni: Vec<crate::sni::SniSpec>,
     #[command(flatten)]
     pub runtime: RuntimeSettings,
 }
@@ -60,6 +66,11 @@ pub struct RuntimeSettings {
     /// Longest wait for in-flight requests after SIGTERM.
     #[arg(long, env = "WARD_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long to keep serving with /readyz answering 503 before the listener
+    /// closes and the drain starts; give it the time your load balancer or Kubernetes endpoints
+    /// take to stop sending (a few seconds). 0: close at once.
+    #[arg(long, env = "WARD_PRE_STOP_DELAY", default_value = "0s", value_parser = parse_duration)]
+    pub pre_stop_delay: Duration,
     /// Runtime worker threads (default: one per core).
     #[arg(long, env = "WARD_WORKER_THREADS")]
     pub worker_threads: Option<usize>,

@@ -12,7 +12,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::tls::CertStore;
+use crate::sni::Certificates;
 
 /// Where log lines go: the proxy and `ward demo` log to stdout; the payments tools to stderr
 /// (their stdout carries what they print, like bootstrap's one-time password).
@@ -522,11 +522,11 @@ impl Metrics {
         self.policy_info.with_label_values(&[hash]).set(1);
     }
 
-    /// Records the serving certificate's expiry (at start and after each certificate reload).
-    pub fn set_certificate_expiry(&self, certs: &CertStore) {
-        match certs.not_after() {
-            Ok(t) => self.tls_certificate_expiry.set(t),
-            Err(e) => tracing::warn!(error = %e, "cannot read the serving certificate's expiry"),
+    /// Records the serving certificates' expiry (at start and after each certificate reload):
+    /// the earliest among them, the one to renew first.
+    pub fn set_certificate_expiry(&self, certs: &Certificates) {
+        if let Some(t) = certs.earliest_not_after() {
+            self.tls_certificate_expiry.set(t);
         }
     }
 

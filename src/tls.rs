@@ -49,7 +49,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Where the certificate comes from: files (reloadable) or memory (the demo's ephemeral one).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertPaths {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -123,6 +123,11 @@ impl CertStore {
         })
     }
 
+    /// The certificate serving now.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
+
     pub fn paths(&self) -> Option<&CertPaths> {
         self.paths.as_ref()
     }
@@ -156,8 +161,11 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// The server configuration: TLS 1.2/1.3, ALPN h2 then http/1.1, certificate from `store`.
-pub fn server_config(store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// The server configuration: TLS 1.2/1.3, ALPN h2 then http/1.1, certificate from `store` (one
+/// `CertStore`, or `sni::Certificates` choosing among several).
+pub fn server_config(
+    store: Arc<dyn ResolvesServerCert>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Config)?

@@ -14,6 +14,7 @@ use super::Proxy;
 use crate::policy::{LoadError, PolicyStore};
 use crate::redis_link::RedisLink;
 use crate::settings::{ServeSettings, SettingsError};
+use crate::sni::{Certificates, SniSpec};
 use crate::state::revocation::Revocations;
 use crate::telemetry::Metrics;
 use crate::tls::{CertPaths, CertStore};
@@ -35,12 +36,15 @@ pub enum LaunchError {
     Settings(#[from] SettingsError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Sni(#[from] crate::sni::SniError),
 }
 
 /// Where the serving certificate comes from.
 pub enum Certs {
-    /// PEM files, watched and reloaded (`ward proxy`).
-    Files(CertPaths),
+    /// PEM files, watched and reloaded (`ward proxy`): the default certificate, and those chosen
+    /// by SNI (`--tls-sni`).
+    Files(CertPaths, Vec<SniSpec>),
     /// Made in memory (`ward demo`): never written anywhere.
     Ready(Arc<CertStore>),
 }
@@ -53,11 +57,15 @@ pub async fn prepare(
     metrics: Metrics,
     shared_revocations: Option<Arc<Revocations>>,
     drain_timeout: Duration,
+    pre_stop_delay: Duration,
 ) -> Result<Proxy, LaunchError> {
     let policy = Arc::new(PolicyStore::open(&settings.policy)?);
     let certs = match certs {
-        Certs::Files(paths) => CertStore::new(crate::tls::load_certified_key(&paths)?, Some(paths)),
-        Certs::Ready(store) => store,
+        Certs::Files(paths, sni) => Certificates::load(
+            CertStore::new(crate::tls::load_certified_key(&paths)?, Some(paths)),
+            &sni,
+        )?,
+        Certs::Ready(store) => Certificates::single(store),
     };
     let bind = |addr: SocketAddr, setting: &'static str| async move {
         TcpListener::bind(addr)
@@ -105,6 +113,7 @@ pub async fn prepare(
         admin_token,
         reload_requests,
         drain_timeout,
+        pre_stop_delay,
     })
 }
 

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod control;
+pub mod discard;
 pub mod guard;
 pub mod launch;
 pub mod pipeline;
@@ -33,12 +34,12 @@ use crate::keystore::KeyStore;
 use crate::limit::{Limiter, MemoryLimiter, RedisLimiter};
 use crate::policy::{store::Reloaded, watch, Policy, PolicyStore};
 use crate::redis_link::RedisLink;
+use crate::sni::Certificates;
 use crate::state::events::{EventKind, SecurityEvent, SecurityEvents};
 use crate::state::lockout::Lockouts;
 use crate::state::refresh::RefreshClaims;
 use crate::state::revocation::Revocations;
 use crate::telemetry::Metrics;
-use crate::tls::CertStore;
 pub use pipeline::{ConnInfo, Shared};
 
 /// Everything `run` needs, already bound and loaded (start-up errors happen before this).
@@ -47,7 +48,8 @@ pub struct Proxy {
     pub admin: TcpListener,
     pub redirect: Option<TcpListener>,
     pub policy: Arc<PolicyStore>,
-    pub certs: Arc<CertStore>,
+    /// The listener's certificates: the default and those chosen by SNI.
+    pub certs: Arc<Certificates>,
     pub metrics: Metrics,
     /// Shared state for several replicas (`--redis-url`); `None` keeps limits in memory.
     pub redis: Option<Arc<RedisLink>>,
@@ -61,6 +63,9 @@ pub struct Proxy {
     pub reload_requests: tokio::sync::mpsc::Receiver<()>,
     /// Longest wait for in-flight requests after shutdown starts.
     pub drain_timeout: Duration,
+    /// After the shutdown signal, how long to keep serving with /readyz answering 503 before the
+    /// listener closes: the time load balancers and Kubernetes endpoints take to stop sending.
+    pub pre_stop_delay: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,20 +159,27 @@ pub async fn run(proxy: Proxy, shutdown: impl Future<Output = ()>) -> Result<(),
         policy_rx,
         proxy.reload_requests,
     ));
+    // One watcher for every certificate's files; a change re-reads them all (each store keeps its
+    // last good certificate and reports whether anything changed).
+    let cert_paths: Vec<&std::path::Path> = proxy
+        .certs
+        .stores()
+        .filter_map(|s| s.paths())
+        .flat_map(|p| [p.cert.as_path(), p.key.as_path()])
+        .collect();
     let mut cert_watcher = None;
     let mut cert_task = None;
-    if let Some(paths) = proxy.certs.paths() {
-        let mut dirs = vec![watch::watch_dir(&paths.cert)];
-        let key_dir = watch::watch_dir(&paths.key);
-        if !dirs.contains(&key_dir) {
-            dirs.push(key_dir);
-        }
-        let (w, rx) = watch::watch(&dirs, watch::file_names(&[&paths.cert, &paths.key])).map_err(
-            |source| ProxyError::Watch {
+    if !cert_paths.is_empty() {
+        let mut dirs: Vec<std::path::PathBuf> =
+            cert_paths.iter().map(|p| watch::watch_dir(p)).collect();
+        dirs.sort();
+        dirs.dedup();
+        let (w, rx) = watch::watch(&dirs, watch::file_names(&cert_paths)).map_err(|source| {
+            ProxyError::Watch {
                 what: "the certificate directory",
                 source,
-            },
-        )?;
+            }
+        })?;
         cert_watcher = Some(w);
         cert_task = Some(tokio::spawn(reload_certs(
             proxy.certs.clone(),
@@ -184,7 +196,18 @@ pub async fn run(proxy: Proxy, shutdown: impl Future<Output = ()>) -> Result<(),
     tracing::info!(listen = %proxy.listener.local_addr()?, admin = %admin_addr, policy = %proxy.policy.path().display(), "ward proxy serving");
     let graceful = GracefulShutdown::new();
     let open = Arc::new(AtomicUsize::new(0));
-    crate::serve::accept_until(&proxy.listener, shutdown, |tcp, peer| {
+    // Shutdown in two steps: readiness off at once, then `pre_stop_delay` more of normal service
+    // (new connections included) while the endpoints drop this replica; only then stop accepting.
+    let pre_stop_delay = proxy.pre_stop_delay;
+    let pre_stop = async {
+        shutdown.await;
+        shared.draining.store(true, Ordering::SeqCst);
+        if !pre_stop_delay.is_zero() {
+            tracing::info!(delay = ?pre_stop_delay, "not ready; serving until the pre-stop delay ends");
+            tokio::time::sleep(pre_stop_delay).await;
+        }
+    };
+    crate::serve::accept_until(&proxy.listener, pre_stop, |tcp, peer| {
         let max = shared.policy.snapshot().server.max_connections;
         if open.load(Ordering::Relaxed) >= max {
             shared
@@ -463,24 +486,36 @@ pub async fn reload_now(shared: &Arc<Shared>) {
 }
 
 async fn reload_certs(
-    certs: Arc<CertStore>,
+    certs: Arc<Certificates>,
     metrics: Metrics,
     mut changes: tokio::sync::mpsc::Receiver<()>,
 ) {
     while watch::next_change(&mut changes).await.is_some() {
-        let store = certs.clone();
-        match tokio::task::spawn_blocking(move || store.reload()).await {
-            Ok(Ok(true)) => {
-                metrics.cert_reloads.with_label_values(&["changed"]).inc();
-                metrics.set_certificate_expiry(&certs);
-                tracing::info!("TLS certificate reloaded");
+        let set = certs.clone();
+        let outcomes = tokio::task::spawn_blocking(move || {
+            set.stores()
+                .map(|s| (s.paths().map(|p| p.cert.clone()), s.reload()))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(outcomes) = outcomes else {
+            tracing::error!("certificate reload task failed");
+            continue;
+        };
+        for (cert, outcome) in outcomes {
+            let cert = cert.as_deref().map(|p| p.display().to_string());
+            match outcome {
+                Ok(true) => {
+                    metrics.cert_reloads.with_label_values(&["changed"]).inc();
+                    tracing::info!(cert = cert.as_deref(), "TLS certificate reloaded");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    metrics.cert_reloads.with_label_values(&["error"]).inc();
+                    tracing::error!(cert = cert.as_deref(), error = %e, "TLS certificate reload failed; keeping the current certificate");
+                }
             }
-            Ok(Ok(false)) => {}
-            Ok(Err(e)) => {
-                metrics.cert_reloads.with_label_values(&["error"]).inc();
-                tracing::error!(error = %e, "TLS certificate reload failed; keeping the current certificate");
-            }
-            Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
         }
+        metrics.set_certificate_expiry(&certs);
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
+use super::discard::Unread;
 use super::rejection::AuthFault;
 use super::rejection::Rejection;
 use super::stage;
@@ -120,7 +121,20 @@ pub async fn handle(
         upstream_time: None,
     };
 
-    let result = run_stages(&shared, &policy, &conn, req, &mut ex).await;
+    // The body stays here until a stage takes it, so that an answer given before it was read
+    // (413, 401, 429...) can still let the client finish sending: see `discard`.
+    let (parts, body) = req.into_parts();
+    let unread = Unread {
+        end_stream: http_body::Body::is_end_stream(&body),
+    };
+    let mut body = Some(body);
+    let req = Request::from_parts(parts, unread);
+    let expects_continue = req.headers().contains_key(header::EXPECT);
+
+    let result = run_stages(&shared, &policy, &conn, req, &mut body, &mut ex).await;
+    if let Some(rest) = body {
+        super::discard::after_early_answer(rest, conn.proto, expects_continue);
+    }
 
     let (mut response, reason) = match result {
         Ok(r) => (r, None),
@@ -177,7 +191,8 @@ async fn run_stages(
     shared: &Arc<Shared>,
     policy: &Arc<Policy>,
     conn: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<Unread>,
+    body: &mut Option<Incoming>,
     ex: &mut Exchange,
 ) -> Result<Response<ProxyBody>, Rejection> {
     // 1. Framing: one Host, no CL with TE (400). HTTP/1 bytes were already vetted by the guard.
@@ -239,7 +254,10 @@ async fn run_stages(
     record_shadowed_limits(shared, ex);
     counted?;
     // 9. Sessions: refresh-token single use (401 on reuse), login lockout (429); a bounded body read (400).
-    let (parts, body) = req.into_parts();
+    let (parts, _) = req.into_parts();
+    let body = body
+        .take()
+        .expect("stage 9 is the one place that takes the body");
     let body = stage::session::read_body(
         &route,
         &parts.headers,
@@ -307,7 +325,7 @@ fn authenticate(
     shared: &Shared,
     policy: &Policy,
     route: &Route,
-    req: &Request<Incoming>,
+    req: &Request<Unread>,
     ex: &mut Exchange,
 ) -> Result<Option<Arc<Principal>>, Rejection> {
     if route.auth.require == crate::policy::Requirement::None {

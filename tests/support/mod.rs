@@ -59,9 +59,14 @@ impl Pki {
 
     /// A fresh leaf `(cert PEM, key PEM)`; `cn` makes leaves distinguishable.
     pub fn leaf(&self, cn: &str) -> (String, String) {
+        self.leaf_for(cn, &["localhost", "127.0.0.1"])
+    }
+
+    /// A fresh leaf like [`Pki::leaf`] for other names.
+    pub fn leaf_for(&self, cn: &str, names: &[&str]) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
         params
             .distinguished_name
@@ -191,6 +196,8 @@ pub struct Running {
     pub dir: tempfile::TempDir,
     pub policy_path: PathBuf,
     pub cert_paths: CertPaths,
+    /// The files of each `Options::sni` entry, in order (leaves with CN `sni-0`, `sni-1`, ...).
+    pub sni_paths: Vec<CertPaths>,
     pub pki: Pki,
     pub upstream: Upstream,
     shutdown: Option<oneshot::Sender<()>>,
@@ -215,6 +222,10 @@ pub struct Options {
     pub revocations: Option<Arc<ward::state::revocation::Revocations>>,
     /// The proxy's metrics (to share handles with something else in the test).
     pub metrics: Option<Metrics>,
+    /// Certificates chosen by SNI (`--tls-sni`): the names of each, e.g. `["api.test"]`.
+    pub sni: Vec<Vec<&'static str>>,
+    /// `--pre-stop-delay`.
+    pub pre_stop_delay: Duration,
 }
 
 impl Default for Options {
@@ -226,6 +237,8 @@ impl Default for Options {
             admin_token: None,
             revocations: None,
             metrics: None,
+            sni: Vec::new(),
+            pre_stop_delay: Duration::ZERO,
         }
     }
 }
@@ -260,11 +273,31 @@ pub async fn start_in(
     std::fs::write(&cert_paths.cert, cert).unwrap();
     std::fs::write(&cert_paths.key, key).unwrap();
 
+    let mut sni = Vec::new();
+    for (i, names) in opts.sni.iter().enumerate() {
+        let (cert, key) = pki.leaf_for(&format!("sni-{i}"), names);
+        let paths = CertPaths {
+            cert: tls_dir.join(format!("sni-{i}.crt")),
+            key: tls_dir.join(format!("sni-{i}.key")),
+        };
+        std::fs::write(&paths.cert, cert).unwrap();
+        std::fs::write(&paths.key, key).unwrap();
+        sni.push(ward::sni::SniSpec {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            paths,
+        });
+    }
+    let sni_paths = sni.iter().map(|s| s.paths.clone()).collect();
+
     let store = Arc::new(PolicyStore::open(&policy_path).expect("test policy compiles"));
-    let certs = CertStore::new(
-        ward::tls::load_certified_key(&cert_paths).unwrap(),
-        Some(cert_paths.clone()),
-    );
+    let certs = ward::sni::Certificates::load(
+        CertStore::new(
+            ward::tls::load_certified_key(&cert_paths).unwrap(),
+            Some(cert_paths.clone()),
+        ),
+        &sni,
+    )
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let redirect = if opts.redirect {
@@ -312,6 +345,7 @@ pub async fn start_in(
                 admin_token,
                 reload_requests,
                 drain_timeout: opts.drain_timeout,
+                pre_stop_delay: opts.pre_stop_delay,
             },
             async {
                 let _ = rx.await;
@@ -327,6 +361,7 @@ pub async fn start_in(
         dir,
         policy_path,
         cert_paths,
+        sni_paths,
         pki,
         upstream,
         shutdown: Some(tx),
