@@ -78,7 +78,7 @@ churn() {
         fi
         # Keep to the schedule: sleep until this step's slot ends.
         local left_us=$((start_us + i * step_us - ${EPOCHREALTIME/./}))
-X
+        if ((left_us > 0)); then sleep "$((left_us / 1000000)).$(printf '%06d' $((left_us % 1000000)))"; fi
     done
     echo "$((i - 1)) $swaps" >"$RUN_DIR/churn.done"
 }
