@@ -1,14 +1,13 @@
 //! The sessions part of a policy, compiled: revocation at the edge, the lockout key, security
 //! event delivery, and per route refresh-token single use and login lockout.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, StatusCode};
 use sha2::Digest;
 
-use super::compile::Compiler;
+use super::compile::{resolve, Compiler};
 use super::spec::{
     LockoutSpec, OnStoreError, RefreshTokenSpec, SecretSourceSpec, SessionsSpec, Unsynced,
 };
@@ -72,15 +71,6 @@ pub struct LockoutRule {
     pub per_ip: Option<Rules>,
     pub max_body: usize,
     pub on_store_error: OnStoreError,
-}
-
-fn resolve(base: &std::path::Path, p: &str) -> PathBuf {
-    let p = std::path::Path::new(p);
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base.parent().unwrap_or(std::path::Path::new(".")).join(p)
-    }
 }
 
 impl Compiler {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use http::HeaderName;
 use serde::Deserialize;
 use sha2::Digest;
 
-use super::compile::Compiler;
+use super::compile::{is_name, resolve, Compiler};
 use super::spec::{
     ApiKeysSpec, AuthSpec, ClaimRuleSpec, IdentitySpec, IssuerSpec, JwksSpec, Mode, Requirement,
 };
@@ -172,22 +172,6 @@ pub enum TenantSource {
 
 /// The API keys file.
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
-
-fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// A policy-relative path: relative paths are taken from the policy file's directory.
-fn resolve(base: &Path, p: &str) -> PathBuf {
-    let p = Path::new(p);
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base.parent().unwrap_or(Path::new(".")).join(p)
-    }
-}
 
 mod api_keys;
 mod issuer;

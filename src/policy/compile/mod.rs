@@ -409,3 +409,20 @@ use route::clone_cors;
 mod server;
 #[cfg(test)]
 mod tests;
+
+/// A name a policy gives an issuer or an upstream: ASCII letters, digits, `-` and `_`.
+pub(in crate::policy) fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A policy-relative path: relative paths are taken from the policy file's directory.
+pub(in crate::policy) fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}

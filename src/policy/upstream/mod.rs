@@ -8,7 +8,7 @@
 //! is built here too, so a reload that cannot build it keeps the last good policy.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::compile::Compiler;
+use super::compile::{is_name, resolve, Compiler};
 use super::units::Dur;
 
 mod tls;
@@ -184,22 +184,6 @@ pub struct RouteUpstream {
 
 /// Every upstream of a policy by name; `default` is the policy's `upstream`.
 pub type Upstreams = BTreeMap<Arc<str>, Arc<Upstream>>;
-
-fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// A policy-relative path: relative paths are taken from the policy file's directory.
-fn resolve(base: &Path, p: &str) -> PathBuf {
-    let p = Path::new(p);
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base.parent().unwrap_or(Path::new(".")).join(p)
-    }
-}
 
 impl Compiler {
     /// The default `upstream` and the named `upstreams`, each compiled in its own file.
