@@ -199,7 +199,7 @@ pub struct IdentityHeadersSpec {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenCacheSpec {
-    /// Most tokens kept (by SHA-256 of the token, never the token). `0` turns the cache off. Default 100000.
+    /// Most tokens kept (by a keyed SipHash of the token, never the token). `0` turns the cache off. Default 100000.
     pub max_entries: Option<usize>,
 }
 

@@ -1,27 +1,53 @@
-//! The verified-token cache: a hot token costs a SHA-256 and a map lookup instead of a signature
-//! check. Keyed by the SHA-256 of the token, never the token. An entry serves only while:
+//! The verified-token cache: a hot token costs a keyed hash and a map lookup instead of a
+//! signature check. Keyed by a 128-bit SipHash-2-4 of the token under a key drawn at random when
+//! the process starts, never by the token itself. SipHash is a pseudorandom function: without the
+//! key nobody can make a token whose hash equals a cached one's (an attacker's chance per try is
+//! about entries / 2^128), so the hash stands for the token as safely as a SHA-256 did, at an
+//! eighth of the instructions (callgrind, a 330-byte ES256 token: SHA-256 10,883, SipHash 1,379).
+//! The key never leaves the process, so the hashes mean nothing to anyone else. An entry serves
+//! only while:
 //! the token has not expired (`exp`, no leeway: never longer than the token's own life), the
 //! issuer's rules are the ones it was verified under (a policy change invalidates), and the key
 //! that verified it is still in the issuer's key set (a removed key evicts its tokens).
 //! Bounded: at most `max_entries`; expired entries go first when a shard is full.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+use siphasher::sip128::{Hasher128, SipHasher24};
 
 use crate::identity::Principal;
 
 const SHARDS: usize = 32;
 
-pub type TokenHash = [u8; 32];
+/// A token's keyed hash (see the module docs).
+pub type TokenHash = u128;
 
-pub fn hash(token: &str) -> TokenHash {
-    // ring's SHA-256 (assembly): a third of the RustCrypto one's instructions on a 300-byte token.
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(digest.as_ref());
-    out
+/// The map's own hasher: the key is already a keyed pseudorandom value, so hashing it again
+/// (SipHash-1-3, the std default) would add nothing but instructions.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u128` is used; this keeps any other input well mixed enough for a map.
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0 ^ u64::from_le_bytes(word)).rotate_left(29);
+        }
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.0 = v as u64;
+    }
 }
+
+type Shard = HashMap<TokenHash, Entry, BuildHasherDefault<Prehashed>>;
 
 #[derive(Clone)]
 pub struct Entry {
@@ -36,7 +62,9 @@ pub struct Entry {
 }
 
 pub struct TokenCache {
-    shards: Vec<Mutex<HashMap<TokenHash, Entry>>>,
+    /// This process's SipHash key.
+    key: (u64, u64),
+    shards: Vec<Mutex<Shard>>,
     max_per_shard: AtomicUsize,
     pub hits: prometheus::IntCounter,
     pub misses: prometheus::IntCounter,
@@ -51,7 +79,8 @@ impl TokenCache {
         size: prometheus::IntGauge,
     ) -> TokenCache {
         TokenCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            key: (rand::random(), rand::random()),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             max_per_shard: AtomicUsize::new(per_shard(max_entries)),
             hits,
             misses,
@@ -69,6 +98,13 @@ impl TokenCache {
             }
             self.size.set(0);
         }
+    }
+
+    /// The cache key of `token`.
+    pub fn hash(&self, token: &str) -> TokenHash {
+        let mut h = SipHasher24::new_with_keys(self.key.0, self.key.1);
+        h.write(token.as_bytes());
+        h.finish128().into()
     }
 
     pub fn enabled(&self) -> bool {
@@ -123,8 +159,9 @@ impl TokenCache {
         }
     }
 
-    fn shard(&self, hash: &TokenHash) -> &Mutex<HashMap<TokenHash, Entry>> {
-        &self.shards[hash[0] as usize % SHARDS]
+    fn shard(&self, hash: &TokenHash) -> &Mutex<Shard> {
+        // The high half picks the shard, the low half the bucket: independent bits for each.
+        &self.shards[(hash >> 64) as usize % SHARDS]
     }
 }
 
@@ -174,7 +211,7 @@ mod tests {
     #[test]
     fn an_entry_serves_until_exp_and_while_valid() {
         let c = cache(100);
-        let h = hash("token");
+        let h = c.hash("token");
         c.insert(h, entry(100), 0);
         assert!(c.get(&h, 99, |_| true).is_some());
         assert!(c.get(&h, 100, |_| true).is_none(), "never past exp");
@@ -187,15 +224,30 @@ mod tests {
         assert_eq!(c.size.get(), 0);
     }
 
+    /// The key is drawn per cache: the same token hashes differently in another process, and
+    /// two tokens that differ in one byte do not share a hash.
+    #[test]
+    fn the_hash_is_keyed_per_cache() {
+        let (a, b) = (cache(10), cache(10));
+        let token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ1In0.sig";
+        assert_eq!(a.hash(token), a.hash(token));
+        assert_ne!(
+            a.hash(token),
+            b.hash(token),
+            "a second key gives another hash"
+        );
+        assert_ne!(a.hash(token), a.hash(&token.replace("sig", "sih")));
+    }
+
     #[test]
     fn the_cache_stays_within_its_bound() {
         let c = cache(64);
         for i in 0..10_000 {
-            c.insert(hash(&i.to_string()), entry(1000), 0);
+            c.insert(c.hash(&i.to_string()), entry(1000), 0);
         }
         assert!(c.size.get() <= 64, "{}", c.size.get());
         let off = cache(0);
-        off.insert(hash("t"), entry(1000), 0);
-        assert!(off.get(&hash("t"), 1, |_| true).is_none());
+        off.insert(off.hash("t"), entry(1000), 0);
+        assert!(off.get(&off.hash("t"), 1, |_| true).is_none());
     }
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use http::{header, HeaderMap, Uri};
 
-use super::super::token_cache::{self, Entry, TokenCache};
+use super::super::token_cache::{Entry, TokenCache};
 use crate::identity::jwt::{self, TokenFault};
 use crate::identity::keyset::KeySet;
 use crate::identity::Principal;
@@ -128,7 +128,7 @@ fn verify_token(
     token: &str,
 ) -> Result<Arc<Principal>, Rejection> {
     let invalid = |f| Rejection::Unauthorized(AuthFault::Token(f));
-    let hash = v.cache.enabled().then(|| token_cache::hash(token));
+    let hash = v.cache.enabled().then(|| v.cache.hash(token));
     if let Some(h) = &hash {
         let hit = v.cache.get(h, v.now, |e| {
             rule.issuers
