@@ -1,7 +1,7 @@
 //! Header hygiene: hop-by-hop stripping for both directions, the policy's request and response
 //! header rules. Response rules run on every response, the proxy's own errors included.
 
-use http::{header, HeaderMap, HeaderName};
+use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 use crate::policy::HeaderRules;
 
@@ -53,6 +53,16 @@ pub fn apply(rules: &HeaderRules, headers: &mut HeaderMap) {
     for (n, v) in &rules.set {
         headers.insert(n.clone(), v.clone());
     }
+}
+
+/// A response header value that differs on every response (the request id, the remaining
+/// count): on HTTP/2 it is sent as a never-indexed literal, so it does not enter the connection's
+/// HPACK table. Indexed, four such values per response pushed the stable headers (the security
+/// headers, the RateLimit policy) out of the 4 KiB table every dozen responses, and each came back
+/// as a Huffman-coded literal. HTTP/1.1 is unaffected.
+pub fn per_response(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
 }
 
 #[cfg(test)]

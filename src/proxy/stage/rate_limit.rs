@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
+use super::headers::per_response;
 use crate::identity::{AuthMethod, Principal};
 use crate::limit::{Checked, Decision, Limiter, Quota, Source, Unavailable};
 use crate::policy::{Mode, Policy, RateKey, RateLimit, Route};
@@ -44,6 +45,8 @@ pub struct Permit {
 
 impl Permit {
     /// The RateLimit headers for the response (none when no enforced limit was counted).
+    /// The RateLimit headers of the response. Values that change from one response to the next
+    /// are marked `per_response`.
     pub fn headers(&self, route: &Route) -> Vec<(HeaderName, HeaderValue)> {
         let Some((name, limit, d)) = &self.tightest else {
             return Vec::new();
@@ -69,7 +72,7 @@ impl Permit {
         item.push_str(";t=");
         push_decimal(&mut item, reset);
         if let Ok(v) = HeaderValue::from_str(&item) {
-            out.push((HeaderName::from_static("ratelimit"), v));
+            out.push((HeaderName::from_static("ratelimit"), per_response(v)));
         }
         out.push((
             HeaderName::from_static("x-ratelimit-limit"),
@@ -77,11 +80,11 @@ impl Permit {
         ));
         out.push((
             HeaderName::from_static("x-ratelimit-remaining"),
-            HeaderValue::from(d.remaining),
+            per_response(HeaderValue::from(d.remaining)),
         ));
         out.push((
             HeaderName::from_static("x-ratelimit-reset"),
-            HeaderValue::from(reset),
+            per_response(HeaderValue::from(reset)),
         ));
         out
     }

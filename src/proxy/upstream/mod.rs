@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
@@ -364,6 +364,14 @@ fn classify(e: &hyper_util::client::legacy::Error, stalled: bool) -> Failure {
     Failure::BadResponse
 }
 
+// Header names as constants: a `&str` name is parsed and validated again on every use.
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static(crate::request_id::HEADER);
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
 /// The head as the upstream sees it: its URI, hop-by-hop headers stripped, forwarding and
 /// identity headers set by ward alone.
 fn upstream_head(
@@ -374,11 +382,17 @@ fn upstream_head(
     fwd: Forwarded<'_>,
 ) -> Result<(), Rejection> {
     let up = &*route.upstream.target;
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let path_and_query = match parts.uri.path_and_query() {
+        // No prefix: the client's path and query, already parsed, shared rather than copied.
+        Some(pq) if up.path_prefix.is_empty() => pq.clone(),
+        pq => format!("{}{}", up.path_prefix, pq.map_or("/", |p| p.as_str()))
+            .parse()
+            .map_err(|_| Rejection::Framing(super::rejection::FramingFault::MalformedHead))?,
+    };
     parts.uri = Uri::builder()
         .scheme(up.scheme.clone())
         .authority(up.authority.clone())
-        .path_and_query(format!("{}{}", up.path_prefix, path))
+        .path_and_query(path_and_query)
         .build()
         .map_err(|_| Rejection::Framing(super::rejection::FramingFault::MalformedHead))?;
     parts.version = Version::HTTP_11;
@@ -388,13 +402,13 @@ fn upstream_head(
     if let Some(host) = &host {
         if let Ok(v) = HeaderValue::from_str(host) {
             h.insert(header::HOST, v.clone());
-            h.insert("x-forwarded-host", v);
+            h.insert(X_FORWARDED_HOST, v);
         }
     }
     // The client as ward decided it, in exactly one header (one address): the upstream, trusting
     // only ward, needs no chain to walk, and a client's forged hops never reach it.
     let server = &policy.server;
-    h.remove("x-forwarded-for");
+    h.remove(X_FORWARDED_FOR);
     h.remove(header::FORWARDED);
     h.insert(
         server.client_ip_header.clone(),
@@ -408,11 +422,11 @@ fn upstream_head(
                 .expect("addresses and protocol names are valid header values"),
         );
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static(fwd.proto));
-    h.insert("x-request-id", fwd.request_id.clone());
-    h.insert("traceparent", fwd.traceparent);
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
+    h.insert(X_REQUEST_ID, fwd.request_id.clone());
+    h.insert(TRACEPARENT, fwd.traceparent);
     if fwd.started_trace {
-        h.remove("tracestate");
+        h.remove(TRACESTATE);
     }
     identity_headers(policy, fwd.principal, h);
     headers::apply(&route.request_headers, h);
