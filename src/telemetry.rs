@@ -184,6 +184,9 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
+    /// Time the session checks (refresh single use, login lockout) held a request on its way,
+    /// before the upstream and on its answer, by route: what they add to its latency.
+    pub session_check_duration: HistogramVec,
     pub rate_limit_decisions: IntCounterVec,
     pub shadow_blocks: IntCounterVec,
     pub policy_reloads: IntCounterVec,
@@ -253,6 +256,22 @@ impl Metrics {
             "ward_upstream_duration_seconds",
             "Time the upstream took to answer with headers, by route.",
         );
+        let session_check_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "ward_session_check_duration_seconds",
+                "Time the session checks added to a request on a route with refresh or lockout \
+                 rules (before the upstream and on its answer; deferred writes not included).",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.00015, 0.0002, 0.0003, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                0.025, 0.1,
+            ]),
+            &["route"],
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(session_check_duration.clone()))
+            .expect("registered once");
         let rate_limit_decisions = counter(
             "ward_rate_limit_decisions_total",
             "Rate-limit decisions by limit: allowed, limited, shadow_limited.",
@@ -502,6 +521,7 @@ impl Metrics {
             requests,
             request_duration,
             upstream_duration,
+            session_check_duration,
             rate_limit_decisions,
             shadow_blocks,
             policy_reloads,

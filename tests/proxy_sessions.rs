@@ -161,6 +161,14 @@ async fn an_upstream_failure_releases_the_claim_so_an_honest_retry_is_not_theft(
     let revoked = &list["revocations"];
     assert_eq!(revoked[0]["kind"], "session", "{list}");
     assert_eq!(revoked[0]["id"], "family-1", "{list}");
+    // The time the checks added is measured for the two requests that reached the upstream.
+    let count = p
+        .metric(r#"ward_session_check_duration_seconds_count{route="refresh"}"#)
+        .await;
+    assert_eq!(
+        count, 2.0,
+        "the 503 and the 200; the reused token was refused before"
+    );
 }
 
 #[tokio::test]

@@ -271,12 +271,14 @@ async fn run_stages(
         client_ip: ex.client_ip,
         request_id: ex.request_id.to_str().unwrap_or("-"),
     };
+    let checks_started = (route.refresh.is_some() || route.lockout.is_some()).then(Instant::now);
     let pending = match &body {
         InBody::Read(bytes) => {
             stage::session::before(&sessions, &route, &parts.headers, bytes, &about).await?
         }
         InBody::Stream(_) => Pending::default(),
     };
+    let checks_took = checks_started.map(|t| t.elapsed());
     // 10. Forward to the route's upstream with the caller's identity headers: load shedding and
     //     the circuit breaker (503), a stalled body (408), retries, then 502/504 (413/400 for a bad unsized body).
     let (traceparent, started_trace) = super::trace::traceparent(&parts.headers);
@@ -305,7 +307,15 @@ async fn run_stages(
         .as_ref()
         .map(|f| (f.response.status(), f.response.headers()));
     let (status, headers) = answered.unwrap_or((http::StatusCode::BAD_GATEWAY, &EMPTY_HEADERS));
+    let after_started = checks_took.map(|_| Instant::now());
     let settle = stage::session::after(&sessions, &route, pending, status, headers, &about).await;
+    if let (Some(before), Some(after)) = (checks_took, after_started) {
+        shared
+            .metrics
+            .session_check_duration
+            .with_label_values(&[&route.name])
+            .observe((before + after.elapsed()).as_secs_f64());
+    }
     if !settle.is_empty() {
         let (shared, policy) = (Arc::clone(shared), Arc::clone(policy));
         tokio::spawn(
@@ -425,10 +435,11 @@ fn refusal_event(shared: &Shared, ex: &Exchange, rejection: &Rejection) {
 
 /// `ward_auth_decisions_total{route,result,reason}`.
 fn record_auth<T>(shared: &Shared, route: &Route, verdict: &Result<T, Rejection>, mode: Mode) {
-    let (result, reason) = match verdict {
-        Ok(_) => ("allow", "ok".to_owned()),
-        Err(r) if mode == Mode::Shadow => ("shadow", r.reason()),
-        Err(r) => ("deny", r.reason()),
+    use std::borrow::Cow;
+    let (result, reason): (_, Cow<str>) = match verdict {
+        Ok(_) => ("allow", Cow::Borrowed("ok")),
+        Err(r) if mode == Mode::Shadow => ("shadow", r.reason().into()),
+        Err(r) => ("deny", r.reason().into()),
     };
     shared
         .metrics
@@ -488,7 +499,7 @@ fn harden(policy: &Policy, ex: &Exchange, origin: Option<&HeaderValue>, h: &mut 
     }
     h.insert(
         HeaderName::from_static(request_id::HEADER),
-        ex.request_id.clone(),
+        stage::headers::per_response(ex.request_id.clone()),
     );
 }
 
