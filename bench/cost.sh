@@ -43,7 +43,7 @@ RESULTS=${RESULTS-$BENCH_DIR/results/cost}
 # valgrind's callgrind_control cannot reach a forked child, so nginx runs as one process
 # (master_process off: the worker's code, without a master).
 NGINX_SINGLE_PROCESS=1
-CG_DIR=$RUN_DIR/callgrind
+CG_DIR=${CG_DIR:-$RUN_DIR/callgrind}   # CG_DIR=/path keeps the callgrind files
 WRAP=(valgrind --tool=callgrind --quiet "--callgrind-out-file=$CG_DIR/%q{BENCH_CASE}.%p.out")
 
 # run_load CASE PROTO N: N requests over CONNECTIONS new connections, on the load core.
