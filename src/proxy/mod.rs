@@ -304,7 +304,7 @@ async fn serve_connection(
         proto: if h2 { "h2" } else { "http/1.1" },
     };
     let svc_shared = shared.clone();
-    let service = service_fn(move |req| pipeline::handle(svc_shared.clone(), info, req));
+    let handle = move |req| pipeline::handle(svc_shared.clone(), info, req);
     let result = if h2 {
         let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
         builder
@@ -317,6 +317,11 @@ async fn serve_connection(
             .max_local_error_reset_streams(Some(64))
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(10));
+        // Boxed over HTTP/2: the pipeline's future is several KiB (every stage's state across its
+        // awaits) and h2 moves it by value into a task per stream, three copies; one allocation
+        // instead saves 4,500 instructions per request (callgrind). HTTP/1.1 keeps it in place
+        // (boxing there cost 1,200 more).
+        let service = service_fn(move |req| Box::pin(handle(req)));
         watcher
             .watch(builder.serve_connection(TokioIo::new(tls), service))
             .await
@@ -336,7 +341,7 @@ async fn serve_connection(
             Box::new(move |fault| guard_reply(&fault_shared, fault)),
         );
         watcher
-            .watch(builder.serve_connection(TokioIo::new(io), service))
+            .watch(builder.serve_connection(TokioIo::new(io), service_fn(handle)))
             .await
     };
     if let Err(e) = result {

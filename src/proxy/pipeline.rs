@@ -488,6 +488,9 @@ fn harden(policy: &Policy, ex: &Exchange, origin: Option<&HeaderValue>, h: &mut 
         .route
         .as_ref()
         .map_or(&policy.default_response_headers, |r| &r.response_headers);
+    // Room for what is added below (the rules, five RateLimit headers, the request id, CORS) in
+    // one allocation, instead of the map growing and rehashing part way.
+    h.reserve(rules.set.len() + 10);
     stage::headers::apply(rules, h);
     if let (Some(route), false) = (&ex.route, ex.preflight_answered) {
         stage::cors::decorate(route, origin, h);
