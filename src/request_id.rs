@@ -3,9 +3,11 @@
 //! anything else is replaced by 32 random hex digits. Ids come from the thread's CSPRNG, seeded
 //! once from the OS: no system call per request.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub const HEADER: &str = "x-request-id";
+/// `HEADER` as a header name, parsed once.
+pub const HEADER_NAME: HeaderName = HeaderName::from_static(HEADER);
 
 /// Longest id kept from a caller.
 pub const MAX_LEN: usize = 64;

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response};
+use http::{header, HeaderMap, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use super::discard::Unread;
@@ -271,14 +271,17 @@ async fn run_stages(
         client_ip: ex.client_ip,
         request_id: ex.request_id.to_str().unwrap_or("-"),
     };
-    let checks_started = (route.refresh.is_some() || route.lockout.is_some()).then(Instant::now);
+    // What the session checks hold the request for, before the upstream and on its answer (the
+    // clock is read only on routes that have them).
+    let timed = route.refresh.is_some() || route.lockout.is_some();
+    let started = timed.then(Instant::now);
     let pending = match &body {
         InBody::Read(bytes) => {
             stage::session::before(&sessions, &route, &parts.headers, bytes, &about).await?
         }
         InBody::Stream(_) => Pending::default(),
     };
-    let checks_took = checks_started.map(|t| t.elapsed());
+    let checks_before = started.map(|t| t.elapsed());
     // 10. Forward to the route's upstream with the caller's identity headers: load shedding and
     //     the circuit breaker (503), a stalled body (408), retries, then 502/504 (413/400 for a bad unsized body).
     let (traceparent, started_trace) = super::trace::traceparent(&parts.headers);
@@ -307,9 +310,9 @@ async fn run_stages(
         .as_ref()
         .map(|f| (f.response.status(), f.response.headers()));
     let (status, headers) = answered.unwrap_or((http::StatusCode::BAD_GATEWAY, &EMPTY_HEADERS));
-    let after_started = checks_took.map(|_| Instant::now());
+    let started = timed.then(Instant::now);
     let settle = stage::session::after(&sessions, &route, pending, status, headers, &about).await;
-    if let (Some(before), Some(after)) = (checks_took, after_started) {
+    if let (Some(before), Some(after)) = (checks_before, started) {
         shared
             .metrics
             .session_check_duration
@@ -501,7 +504,7 @@ fn harden(policy: &Policy, ex: &Exchange, origin: Option<&HeaderValue>, h: &mut 
         }
     }
     h.insert(
-        HeaderName::from_static(request_id::HEADER),
+        request_id::HEADER_NAME,
         stage::headers::per_response(ex.request_id.clone()),
     );
 }

@@ -44,9 +44,8 @@ pub struct Permit {
 }
 
 impl Permit {
-    /// The RateLimit headers for the response (none when no enforced limit was counted).
-    /// The RateLimit headers of the response. Values that change from one response to the next
-    /// are marked `per_response`.
+    /// The RateLimit headers for the response (none when no enforced limit was counted); the
+    /// values that change from one response to the next are marked `per_response`.
     pub fn headers(&self, route: &Route) -> Vec<(HeaderName, HeaderValue)> {
         let Some((name, limit, d)) = &self.tightest else {
             return Vec::new();

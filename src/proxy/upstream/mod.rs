@@ -291,11 +291,11 @@ pub async fn forward(
         }
         if !live.budget.withdraw() {
             m.event(name, "retry_budget_exhausted");
-            tracing::info!(upstream = name, request_id = ?parts.headers.get("x-request-id"), cause, "retry budget spent: not retried");
+            tracing::info!(upstream = name, request_id = ?parts.headers.get(crate::request_id::HEADER_NAME), cause, "retry budget spent: not retried");
             break result;
         }
         m.event(name, "retry");
-        tracing::info!(upstream = name, request_id = ?parts.headers.get("x-request-id"), attempt, cause, "retrying upstream request");
+        tracing::info!(upstream = name, request_id = ?parts.headers.get(crate::request_id::HEADER_NAME), attempt, cause, "retrying upstream request");
         last = Some(match &result {
             Ok(_) => Rejection::UpstreamUnavailable,
             Err(f) => f.rejection(),
@@ -368,7 +368,6 @@ fn classify(e: &hyper_util::client::legacy::Error, stalled: bool) -> Failure {
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static(crate::request_id::HEADER);
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
@@ -423,7 +422,7 @@ fn upstream_head(
         );
     }
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
-    h.insert(X_REQUEST_ID, fwd.request_id.clone());
+    h.insert(crate::request_id::HEADER_NAME, fwd.request_id.clone());
     h.insert(TRACEPARENT, fwd.traceparent);
     if fwd.started_trace {
         h.remove(TRACESTATE);
