@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{ErrorKind, RedisError, ServerErrorKind};
+use redis::{ErrorKind, IntoConnectionInfo, RedisError, ServerErrorKind};
 
 use crate::policy::RedisTuning;
 
@@ -148,7 +148,7 @@ impl RedisLink {
     ) -> Result<RedisLink, RedisError> {
         let (conn, connector) = match &target {
             RedisTarget::Single(url) => {
-                let client = redis::Client::open(url.as_str())?;
+                let client = open_client(url)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(1)))
                     .set_number_of_retries(1)
@@ -159,6 +159,7 @@ impl RedisLink {
             }
             RedisTarget::Cluster(nodes) => {
                 let client = redis::cluster::ClusterClient::builder(nodes.clone())
+                    .tcp_settings(tcp_settings())
                     .connection_timeout(Duration::from_secs(1))
                     .retries(1)
                     .build()?;
@@ -224,8 +225,8 @@ impl RedisLink {
     /// message published on any Cluster node reaches the subscribers of every node.
     pub fn node_client(&self, i: usize) -> Result<redis::Client, RedisError> {
         match &self.target {
-            RedisTarget::Single(url) => redis::Client::open(url.as_str()),
-            RedisTarget::Cluster(nodes) => redis::Client::open(nodes[i % nodes.len()].as_str()),
+            RedisTarget::Single(url) => open_client(url),
+            RedisTarget::Cluster(nodes) => open_client(&nodes[i % nodes.len()]),
         }
     }
 
@@ -323,6 +324,19 @@ impl Drop for RedisLink {
             t.abort();
         }
     }
+}
+
+/// Every Redis connection ward opens sends at once (`TCP_NODELAY`). The redis crate leaves
+/// Nagle's algorithm on by default, which holds a command written while another is unanswered
+/// (the second of two concurrent lockout gates, a deferred commit beside the next request's
+/// check) until the first reply: a second round trip where one was meant.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
+fn open_client(url: &str) -> Result<redis::Client, RedisError> {
+    let info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
+    redis::Client::open(info)
 }
 
 async fn connect_cluster(client: redis::cluster::ClusterClient, conn: Arc<Conn>) {

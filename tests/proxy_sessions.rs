@@ -397,6 +397,61 @@ async fn lockout_after_n_failures_is_shared_by_two_replicas_and_never_reaches_th
 }
 
 #[tokio::test]
+async fn a_success_clears_the_failures_the_identity_had() {
+    let (addr, _) = login_upstream().await;
+    let prefix = prefix();
+    let p = login_replica(addr, Some(("redis://127.0.0.1:6379", &prefix)), "15m", "0s").await;
+    let id_keys = || async {
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["--scan", "--pattern", &format!("{prefix}:lo:{{id:*")])
+            .output()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    for _ in 0..2 {
+        let r = attempt(&p, "dave@example.com", "wrong", "198.51.100.1").await;
+        assert_eq!(r.status(), 401);
+    }
+    assert!(!id_keys().await.is_empty(), "two failures are recorded");
+    let ok = attempt(&p, "dave@example.com", "right", "198.51.100.1").await;
+    assert_eq!(ok.status(), 200);
+    // The clear is written once the answer has left.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            id_keys().await.is_empty()
+        })
+        .await,
+        "the success cleared the identity's failures"
+    );
+    // Counting starts afresh: two more failures stay below the three that lock.
+    for _ in 0..2 {
+        let r = attempt(&p, "dave@example.com", "wrong", "198.51.100.1").await;
+        assert_eq!(r.status(), 401);
+    }
+    let ok = attempt(&p, "dave@example.com", "right", "198.51.100.1").await;
+    assert_eq!(
+        ok.status(),
+        200,
+        "not locked: the earlier failures were cleared"
+    );
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["--scan", "--pattern", &format!("{prefix}:*")])
+        .output()
+        .await
+        .unwrap();
+    for key in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+    {
+        let _ = tokio::process::Command::new("redis-cli")
+            .args(["del", key])
+            .output()
+            .await;
+    }
+}
+
+#[tokio::test]
 async fn attempts_are_spaced_by_backoff_and_a_lock_ends_after_its_period() {
     let (addr, _) = login_upstream().await;
     let p = login_replica(addr, None, "1s", "1s").await;

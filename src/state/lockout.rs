@@ -28,14 +28,14 @@ pub struct Rules {
 /// Whether an attempt may go to the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Gate {
+    /// Open, and nothing is recorded for the key: a success has nothing to clear.
+    Clean,
+    /// Open, with failures recorded in the window (not yet backing off).
     Open,
     /// A lock ran out just now: open, and the lock's end is worth an event.
     Ended,
     /// Locked, or backing off: come back after `retry_after`.
-    Wait {
-        retry_after: Duration,
-        locked: bool,
-    },
+    Wait { retry_after: Duration, locked: bool },
 }
 
 /// What one failure did.
@@ -67,11 +67,13 @@ pub struct Lockouts {
     max_memory_keys: usize,
 }
 
-/// Returns {code, wait_ms}: 0 open, 1 locked, 2 lock ended (now open), 3 backing off.
+/// Returns {code, wait_ms}: 0 open, 1 locked, 2 lock ended (now open), 3 backing off, 4 open with
+/// nothing recorded.
 const CHECK: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local v = redis.call('HMGET', KEYS[1], 'l', 'n')
+local v = redis.call('HMGET', KEYS[1], 'l', 'n', 'f')
+if not v[1] and not v[2] and not v[3] then return {4, 0} end
 local l = tonumber(v[1]) or 0
 local n = tonumber(v[2]) or 0
 if l > now then return {1, l - now} end
@@ -138,7 +140,8 @@ impl Lockouts {
                         (2, 0)
                     }
                     Some(s) if s.next_allowed > now => (3, s.next_allowed - now),
-                    _ => (0, 0),
+                    Some(_) => (0, 0),
+                    None => (4, 0),
                 }
             }
             Backend::Redis(link) => {
@@ -158,6 +161,7 @@ impl Lockouts {
                 retry_after,
                 locked: false,
             },
+            4 => Gate::Clean,
             _ => Gate::Open,
         })
     }
@@ -325,7 +329,7 @@ mod tests {
     async fn failures_back_off_then_lock_and_a_success_clears() {
         let l = Lockouts::memory(100);
         let t = tuning();
-        assert_eq!(l.check("k", &t).await.unwrap(), Gate::Open);
+        assert_eq!(l.check("k", &t).await.unwrap(), Gate::Clean);
         let f = l.failure("k", &rules(), &t).await.unwrap();
         assert_eq!(
             f,
@@ -346,7 +350,7 @@ mod tests {
         ));
         assert_eq!(l.show("k", &t).await.unwrap().unwrap().failures, 3);
         l.clear("k", &t).await.unwrap();
-        assert_eq!(l.check("k", &t).await.unwrap(), Gate::Open);
+        assert_eq!(l.check("k", &t).await.unwrap(), Gate::Clean);
         assert_eq!(l.show("k", &t).await.unwrap(), None);
     }
 
@@ -361,6 +365,19 @@ mod tests {
         };
         assert!(l.failure("k", &r, &t).await.unwrap().locked);
         assert_eq!(l.check("k", &t).await.unwrap(), Gate::Ended);
+        assert_eq!(l.check("k", &t).await.unwrap(), Gate::Clean);
+    }
+
+    #[tokio::test]
+    async fn a_gate_with_failures_recorded_is_open_not_clean() {
+        let l = Lockouts::memory(100);
+        let t = tuning();
+        let r = Rules {
+            backoff_base: Duration::ZERO,
+            ..rules()
+        };
+        l.failure("k", &r, &t).await.unwrap();
         assert_eq!(l.check("k", &t).await.unwrap(), Gate::Open);
+        assert_eq!(l.check("other", &t).await.unwrap(), Gate::Clean);
     }
 }

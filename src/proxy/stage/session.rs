@@ -4,8 +4,8 @@
 //!
 //! `before` runs before the upstream and may refuse; `after` runs on the upstream's answer:
 //! a refresh token is committed (2xx) or released (anything else), a login failure is counted
-//! (the configured statuses) or a success clears the identity. Store errors in `after` are
-//! logged, never turned into a different answer: the upstream has already acted.
+//! (the configured statuses) or a success clears the failures the check found recorded. Store
+//! errors in `after` are logged, never turned into a different answer: the upstream has acted.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -56,8 +56,9 @@ pub struct About<'a> {
 pub struct Pending {
     /// The claimed token's hash, and its family when the token itself names it.
     refresh: Option<(TokenHash, Option<String>)>,
-    /// The identity's and the client IP's lockout keys.
-    lockout: Option<(String, String)>,
+    /// The identity's and the client IP's lockout keys, and whether the identity had failures
+    /// recorded (only then does a success have something to clear).
+    lockout: Option<(String, String, bool)>,
 }
 
 /// Reads the body of a route with a refresh or lockout rule, bounded (400 past the bound,
@@ -165,7 +166,7 @@ async fn check_lockout(
     rule: &LockoutRule,
     body: &Bytes,
     about: &About<'_>,
-) -> Result<Option<(String, String)>, Rejection> {
+) -> Result<Option<(String, String, bool)>, Rejection> {
     let names: Vec<&str> = rule.identity.iter().map(String::as_str).collect();
     let values = json_fields(body, &names)?;
     let id_key = format!("id:{}", identity_key(s.lockout_key, &values));
@@ -178,9 +179,10 @@ async fn check_lockout(
     // The account's and the IP's gates are asked at once: one round trip to Redis, not two.
     let gates = join_all(keys.iter().map(|(key, _)| s.lockouts.check(key, tuning))).await;
     let mut wait: Option<Duration> = None;
+    let recorded = matches!(gates[0], Ok(Gate::Open));
     for ((key, which), gate) in keys.into_iter().zip(gates) {
         match gate {
-            Ok(Gate::Open) => {}
+            Ok(Gate::Clean | Gate::Open) => {}
             Ok(Gate::Ended) => lockout_event(s, EventKind::LockoutEnded, which, key, about),
             Ok(Gate::Wait { retry_after, .. }) => {
                 wait = Some(wait.map_or(retry_after, |w| w.max(retry_after)));
@@ -192,7 +194,7 @@ async fn check_lockout(
     }
     match wait {
         Some(retry_after) => Err(Rejection::LoginLocked { retry_after }),
-        None => Ok(Some((id_key, ip_key))),
+        None => Ok(Some((id_key, ip_key, recorded))),
     }
 }
 
@@ -228,7 +230,7 @@ pub async fn after(
             note_store_error(s, "refresh", &e);
         }
     }
-    if let (Some((id_key, ip_key)), Some(rule)) = (pending.lockout, &route.lockout) {
+    if let (Some((id_key, ip_key, recorded)), Some(rule)) = (pending.lockout, &route.lockout) {
         if rule.failure_statuses.contains(&status) {
             let counted = [
                 Some((id_key.as_str(), &rule.rules, "identity")),
@@ -236,8 +238,16 @@ pub async fn after(
                     .as_ref()
                     .map(|r| (ip_key.as_str(), r, "client_ip")),
             ];
-            for (key, rules, which) in counted.into_iter().flatten() {
-                match s.lockouts.failure(key, rules, tuning).await {
+            let counted: Vec<_> = counted.into_iter().flatten().collect();
+            // Both counters at once, as the gates were asked: one round trip to Redis, not two.
+            let counts = join_all(
+                counted
+                    .iter()
+                    .map(|(key, rules, _)| s.lockouts.failure(key, rules, tuning)),
+            )
+            .await;
+            for ((key, _, which), count) in counted.into_iter().zip(counts) {
+                match count {
                     Ok(f) if f.locked => {
                         lockout_event(s, EventKind::LockoutStarted, which, key, about)
                     }
@@ -245,7 +255,8 @@ pub async fn after(
                     Err(e) => note_store_error(s, "lockout", &e),
                 }
             }
-        } else if status.is_success() {
+        } else if status.is_success() && recorded {
+            // An account with nothing recorded has nothing to clear: no write on a clean login.
             settle.clear = Some(id_key);
         }
     }
