@@ -40,7 +40,7 @@ RULES = [
      r"rustls::|tokio_rustls::|\bring::|ring_core_|aws_lc|libssl\.so|libcrypto\.so|:ssl_sock_|:ngx_ssl_"),
     ("HTTP/2 framing and HPACK", r"\bh2::|hyper::proto::h2|:h2_|:hpack_|:h2c_|:ngx_http_v2_|:ngx_http_huff_"),
     ("HTTP/1 framing", r"hyper::proto::h1|httparse::|:h1_|:ngx_http_parse_"),
-    ("upstream client (ward: hyper-util pool)",
+    ("upstream client (ward: hyper client conn, own pool)",
      r"hyper_util::client|hyper::client|ward::proxy::upstream|:ngx_http_upstream_|:ngx_http_proxy_"),
     ("Redis client", r"\bredis::|\bcombine::|ward::redis_link"),
     ("request log (ward: tracing, serde_json)",

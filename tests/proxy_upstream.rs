@@ -1,7 +1,7 @@
 //! Upstream resilience with real sockets: upstreams that hang, reset, answer garbage, send an
 //! oversized head or an endless body; the circuit breaker, retries within their budget, load
-//! shedding, the request-body timeout, named and https upstreams, and policies that name an
-//! unknown upstream or an unreadable CA bundle.
+//! shedding, the request-body timeout, named and https upstreams, connection reuse, and policies
+//! that name an unknown upstream or an unreadable CA bundle.
 
 mod support;
 
@@ -631,4 +631,49 @@ async fn a_reload_naming_an_unknown_upstream_keeps_the_last_good_policy() {
     let (_, policy) = p.admin_get("/policy").await;
     assert!(policy.contains("unknown upstream `missing`"), "{policy}");
     assert_eq!(get(&p, "/still").await.0, 200);
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_one_closed_while_idle_is_replaced() {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    // Keep-alive without a word of its limits: after answering `/once`, the upstream closes that
+    // connection 100 ms later, while it waits idle in ward's pool.
+    let fake = raw_upstream(move |mut tcp| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            loop {
+                let head = read_head(&mut tcp).await;
+                if head.is_empty() {
+                    return;
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if tcp.write_all(answer).await.is_err() {
+                    return;
+                }
+                if head.starts_with(b"GET /once ") {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let p = start(&policy(fake, "")).await;
+    for i in 0..5 {
+        let (status, _, body) = get(&p, "/a").await;
+        assert_eq!((status, body.as_str()), (200, "ok"), "request {i}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "five requests in turn share one upstream connection"
+    );
+    assert_eq!(get(&p, "/once").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // A POST is never retried by policy; one that found its pooled connection closed was never
+    // sent, so it goes out on a new connection.
+    let r = p.client(false).post(p.url("/b")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }

@@ -123,8 +123,9 @@ pub struct Upstream {
     pub retries: Retries,
     pub breaker: Option<BreakerRules>,
     pub tls: Option<UpstreamTls>,
-    /// What the connection pool depends on (scheme, connect timeout, TLS inputs): the proxy
-    /// keeps its pool and breaker across reloads and rebuilds the pool only when this changes.
+    /// What the connection pool depends on (scheme, address, connect timeout, TLS inputs): the
+    /// proxy keeps its pool and breaker across reloads and rebuilds the pool only when this
+    /// changes.
     pub transport_digest: [u8; 32],
 }
 
@@ -264,6 +265,9 @@ impl Compiler {
         }
         let mut digest = Sha256::new();
         digest.update(scheme.as_str().as_bytes());
+        // The pool connects to one address: a new one is a new pool.
+        digest.update(b"://");
+        digest.update(authority.as_str().as_bytes());
         let tls = if https {
             self.upstream_tls(
                 u.tls.unwrap_or_default(),

@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use super::pool::Checkout;
 use super::registry::InFlight;
 use super::BoxError;
 
@@ -127,6 +128,17 @@ pub struct TimedBody {
     idle_timer: Pin<Box<Sleep>>,
     deadline: Pin<Box<Sleep>>,
     _in_flight: InFlight,
+    /// The connection, given back to its pool when the body was read to its end.
+    checkout: Option<Checkout>,
+    ended: bool,
+}
+
+impl Drop for TimedBody {
+    fn drop(&mut self) {
+        if let Some(c) = self.checkout.take() {
+            c.finish(self.ended || self.inner.is_end_stream());
+        }
+    }
 }
 
 impl TimedBody {
@@ -135,6 +147,7 @@ impl TimedBody {
         idle: Duration,
         deadline: Instant,
         in_flight: InFlight,
+        checkout: Checkout,
     ) -> TimedBody {
         TimedBody {
             inner,
@@ -142,6 +155,8 @@ impl TimedBody {
             idle_timer: Box::pin(tokio::time::sleep(idle)),
             deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
             _in_flight: in_flight,
+            checkout: Some(checkout),
+            ended: false,
         }
     }
 }
@@ -165,7 +180,10 @@ impl Body for TimedBody {
                 return Poll::Ready(Some(Ok(f)));
             }
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.ended = true;
+                return Poll::Ready(None);
+            }
             Poll::Pending => {}
         }
         if this.idle_timer.as_mut().poll(cx).is_ready() {

@@ -15,6 +15,7 @@
 
 pub mod body;
 pub mod breaker;
+pub mod pool;
 pub mod registry;
 pub mod retry;
 
@@ -32,6 +33,7 @@ use hyper::body::Incoming;
 pub use registry::{Registry, UpstreamMetrics};
 
 use self::body::{CountingBody, StallingBody, TimedBody};
+use self::pool::PoolError;
 use super::rejection::Rejection;
 use super::stage::headers;
 use crate::policy::{Mode, Policy, Route};
@@ -249,7 +251,7 @@ pub async fn forward(
         let req = copy_head(&parts, body);
         let now = Instant::now();
         let wait = up.idle_timeout.min(deadline.saturating_duration_since(now));
-        let result = match tokio::time::timeout(wait, live.client.request(req)).await {
+        let result = match tokio::time::timeout(wait, live.pool.send(req)).await {
             Err(_) => Err(Failure::Timeout),
             Ok(Err(e)) => {
                 let f = classify(
@@ -262,7 +264,7 @@ pub async fn forward(
             Ok(Ok(r)) => Ok(r),
         };
         let (ok, retry_cause) = match &result {
-            Ok(r)
+            Ok((r, _))
                 if matches!(
                     r.status(),
                     StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
@@ -270,7 +272,7 @@ pub async fn forward(
             {
                 (false, Some("status"))
             }
-            Ok(r) => (r.status() != StatusCode::GATEWAY_TIMEOUT, None),
+            Ok((r, _)) => (r.status() != StatusCode::GATEWAY_TIMEOUT, None),
             Err(Failure::BodyStalled) => (true, None),
             Err(f @ (Failure::Connect | Failure::Reset)) => (false, Some(f.event())),
             Err(Failure::Timeout | Failure::BadResponse) => (false, None),
@@ -305,10 +307,10 @@ pub async fn forward(
         attempt += 1;
     };
     let upstream_time = started.elapsed();
-    let mut response = response.map_err(Failure::rejection)?;
+    let (mut response, checkout) = response.map_err(Failure::rejection)?;
     headers::strip_hop_by_hop(response.headers_mut());
-    let response =
-        response.map(|b| TimedBody::new(b, up.idle_timeout, deadline, in_flight).boxed_unsync());
+    let response = response
+        .map(|b| TimedBody::new(b, up.idle_timeout, deadline, in_flight, checkout).boxed_unsync());
     Ok(Forwarding {
         response,
         upstream_time,
@@ -331,15 +333,15 @@ fn copy_head(parts: &http::request::Parts, body: ProxyBody) -> Request<ProxyBody
     req
 }
 
-/// What went wrong, from the client's error chain.
-fn classify(e: &hyper_util::client::legacy::Error, stalled: bool) -> Failure {
+/// What went wrong, from the exchange's error chain.
+fn classify(e: &PoolError, stalled: bool) -> Failure {
     if stalled {
         return Failure::BodyStalled;
     }
-    if e.is_connect() {
+    let PoolError::Exchange(e) = e else {
         return Failure::Connect;
-    }
-    let mut source = std::error::Error::source(e);
+    };
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
             if h.is_incomplete_message() || h.is_canceled() || h.is_closed() {
@@ -388,12 +390,8 @@ fn upstream_head(
             .parse()
             .map_err(|_| Rejection::Framing(super::rejection::FramingFault::MalformedHead))?,
     };
-    parts.uri = Uri::builder()
-        .scheme(up.scheme.clone())
-        .authority(up.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| Rejection::Framing(super::rejection::FramingFault::MalformedHead))?;
+    // Origin form: the connection already names the upstream (its Host header is the client's).
+    parts.uri = Uri::from(path_and_query);
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);

@@ -1,25 +1,23 @@
 //! What the proxy keeps per upstream across requests and policy reloads: the connection pool
 //! (plain HTTP or rustls), the circuit breaker, the retry budget and the in-flight count. Looked
 //! up by the upstream's name; the pool is rebuilt only when the upstream's transport settings
-//! (scheme, connect timeout, TLS inputs) change, and the breaker and budget are never reset by a
-//! reload.
+//! (scheme, address, connect timeout, TLS inputs) change, and the breaker and budget are never
+//! reset by a reload.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+use http::{HeaderValue, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec};
 
 use super::breaker::Breaker;
+use super::pool::Pool;
 use super::retry::Budget;
-use super::ProxyBody;
 use crate::policy::Upstream;
 
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-pub type UpstreamClient = Client<Connector, ProxyBody>;
 
 /// Largest upstream response head ward buffers (hyper's read buffer): a bigger one is a 502.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -45,7 +43,7 @@ impl UpstreamMetrics {
 /// One upstream's live state.
 pub struct Live {
     digest: [u8; 32],
-    pub client: UpstreamClient,
+    pub pool: Arc<Pool>,
     pub breaker: Arc<Breaker>,
     pub budget: Arc<Budget>,
     in_flight: Arc<AtomicUsize>,
@@ -113,7 +111,7 @@ impl Registry {
         }
         let live = Arc::new(Live {
             digest: up.transport_digest,
-            client: client(up),
+            pool: Arc::new(pool(up)),
             breaker: old.map_or_else(Arc::default, |l| l.breaker.clone()),
             budget: old.map_or_else(Arc::default, |l| l.budget.clone()),
             in_flight: old.map_or_else(Arc::default, |l| l.in_flight.clone()),
@@ -123,9 +121,9 @@ impl Registry {
     }
 }
 
-/// A pooled keep-alive HTTP/1.1 client for one upstream: plain TCP, or rustls with the policy's
+/// The keep-alive HTTP/1.1 connections of one upstream: plain TCP, or rustls with the policy's
 /// roots, SNI name and client certificate.
-fn client(up: &Upstream) -> UpstreamClient {
+fn pool(up: &Upstream) -> Pool {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(up.connect_timeout));
@@ -159,11 +157,21 @@ fn client(up: &Upstream) -> UpstreamClient {
         None => builder,
     };
     let connector = builder.enable_http1().wrap_connector(http);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .pool_max_idle_per_host(2048)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .http1_max_buf_size(MAX_RESPONSE_HEAD)
-        .build(connector)
+    // The scheme and authority were checked when the policy compiled.
+    let target = Uri::builder()
+        .scheme(up.scheme.clone())
+        .authority(up.authority.clone())
+        .path_and_query("/")
+        .build()
+        .expect("a compiled upstream has a valid scheme and authority");
+    let host =
+        HeaderValue::from_str(up.authority.as_str()).expect("an authority is a valid header value");
+    Pool::new(
+        connector,
+        target,
+        host,
+        2048,
+        std::time::Duration::from_secs(90),
+        MAX_RESPONSE_HEAD,
+    )
 }
