@@ -401,14 +401,8 @@ async fn a_success_clears_the_failures_the_identity_had() {
     let (addr, _) = login_upstream().await;
     let prefix = prefix();
     let p = login_replica(addr, Some(("redis://127.0.0.1:6379", &prefix)), "15m", "0s").await;
-    let id_keys = || async {
-        let out = tokio::process::Command::new("redis-cli")
-            .args(["--scan", "--pattern", &format!("{prefix}:lo:{{id:*")])
-            .output()
-            .await
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
+    let id_pattern = format!("{prefix}:lo:{{id:*");
+    let id_keys = || redis_keys(&id_pattern);
     for _ in 0..2 {
         let r = attempt(&p, "dave@example.com", "wrong", "198.51.100.1").await;
         assert_eq!(r.status(), 401);
@@ -435,20 +429,7 @@ async fn a_success_clears_the_failures_the_identity_had() {
         200,
         "not locked: the earlier failures were cleared"
     );
-    let out = tokio::process::Command::new("redis-cli")
-        .args(["--scan", "--pattern", &format!("{prefix}:*")])
-        .output()
-        .await
-        .unwrap();
-    for key in String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.is_empty())
-    {
-        let _ = tokio::process::Command::new("redis-cli")
-            .args(["del", key])
-            .output()
-            .await;
-    }
+    delete_keys(&format!("{prefix}:*")).await;
 }
 
 #[tokio::test]

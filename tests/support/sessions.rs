@@ -116,3 +116,27 @@ pub async fn admin(
         resp.json().await.unwrap_or(Value::Null),
     )
 }
+
+/// The Redis keys matching `pattern` (at 127.0.0.1:6379).
+pub async fn redis_keys(pattern: &str) -> Vec<String> {
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["--scan", "--pattern", pattern])
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Deletes the Redis keys matching `pattern`: a test's own prefix, at its end.
+pub async fn delete_keys(pattern: &str) {
+    for key in redis_keys(pattern).await {
+        let _ = tokio::process::Command::new("redis-cli")
+            .args(["del", &key])
+            .output()
+            .await;
+    }
+}
