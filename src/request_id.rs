@@ -14,7 +14,8 @@ pub const MAX_LEN: usize = 64;
 
 /// The request's id: the caller's when plain and short, else a new one.
 pub fn accept_or_new(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(HEADER) {
+    // By the constant name: a `&str` key is parsed into a name on every lookup.
+    if let Some(v) = headers.get(&HEADER_NAME) {
         if is_plain(v.as_bytes()) {
             return v.clone();
         }
@@ -45,7 +46,7 @@ pub fn random_hex(bytes: usize) -> String {
 /// Fills `out` (an even length, at most 32) with random lower-case hex digits; returns it.
 /// Written digit by digit: `hex::encode` collects chars one at a time (2,000 instructions for
 /// a request id).
-fn random_hex_into(out: &mut [u8]) -> &[u8] {
+pub fn random_hex_into(out: &mut [u8]) -> &[u8] {
     use rand::RngCore;
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut raw = [0u8; 16];

@@ -19,11 +19,19 @@ use std::time::Duration;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 
 use super::headers::per_response;
+use crate::client_ip::IpText;
 use crate::identity::{AuthMethod, Principal};
 use crate::limit::{Checked, Decision, Limiter, Quota, Source, Unavailable};
 use crate::policy::{Mode, Policy, RateKey, RateLimit, Route};
 use crate::proxy::rejection::Rejection;
 use crate::telemetry::Metrics;
+
+// Constants, so the names are checked once at compile time, not on every response.
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
 /// What the limiter stages need besides the request.
 pub struct Limits<'a> {
@@ -61,7 +69,7 @@ impl Permit {
             (None, None) => None,
         };
         if let Some(p) = policy {
-            out.push((HeaderName::from_static("ratelimit-policy"), p));
+            out.push((RATELIMIT_POLICY, p));
         }
         let mut item = String::with_capacity(name.len() + 32);
         item.push('"');
@@ -71,20 +79,14 @@ impl Permit {
         item.push_str(";t=");
         push_decimal(&mut item, reset);
         if let Ok(v) = HeaderValue::from_str(&item) {
-            out.push((HeaderName::from_static("ratelimit"), per_response(v)));
+            out.push((RATELIMIT, per_response(v)));
         }
+        out.push((X_RATELIMIT_LIMIT, HeaderValue::from(*limit)));
         out.push((
-            HeaderName::from_static("x-ratelimit-limit"),
-            HeaderValue::from(*limit),
-        ));
-        out.push((
-            HeaderName::from_static("x-ratelimit-remaining"),
+            X_RATELIMIT_REMAINING,
             per_response(HeaderValue::from(d.remaining)),
         ));
-        out.push((
-            HeaderName::from_static("x-ratelimit-reset"),
-            per_response(HeaderValue::from(reset)),
-        ));
+        out.push((X_RATELIMIT_RESET, per_response(HeaderValue::from(reset))));
         out
     }
 
@@ -258,23 +260,10 @@ pub fn pre_auth_key(rl: &RateLimit, route: &str, headers: &HeaderMap, client_ip:
 /// `<limit>|ip|<address>`, the key of most limits, built without `format!` (every request
 /// builds one).
 fn ip_key(name: &str, ip: IpAddr) -> String {
-    let mut key = String::with_capacity(name.len() + 4 + 39);
+    let mut key = String::with_capacity(name.len() + 4 + 45);
     key.push_str(name);
     key.push_str("|ip|");
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    key.push('.');
-                }
-                push_decimal(&mut key, u64::from(octet));
-            }
-        }
-        IpAddr::V6(v6) => {
-            use std::fmt::Write as _;
-            let _ = write!(key, "{v6}");
-        }
-    }
+    key.push_str(IpText::new(ip).as_str());
     key
 }
 

@@ -370,7 +370,6 @@ fn classify(e: &PoolError, stalled: bool) -> Failure {
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The head as the upstream sees it: its URI, hop-by-hop headers stripped, forwarding and
@@ -395,7 +394,25 @@ fn upstream_head(
     parts.version = Version::HTTP_11;
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h);
-    h.remove(header::EXPECT);
+    // What only ward may say: the client's forwarding chain, its `Expect` (answered here), the
+    // identity headers (and the API key, a secret the upstream does not need); set below.
+    let identity = &policy.identity;
+    let api_key = identity.api_keys.as_ref().map(|k| &k.header);
+    let [subject, tenant, roles, method] = identity.headers.all();
+    headers::remove_present(
+        h,
+        [
+            &header::EXPECT,
+            &X_FORWARDED_FOR,
+            &header::FORWARDED,
+            subject,
+            tenant,
+            roles,
+            method,
+        ]
+        .into_iter()
+        .chain(api_key),
+    );
     if let Some(host) = &host {
         if let Ok(v) = HeaderValue::from_str(host) {
             h.insert(header::HOST, v.clone());
@@ -405,11 +422,9 @@ fn upstream_head(
     // The client as ward decided it, in exactly one header (one address): the upstream, trusting
     // only ward, needs no chain to walk, and a client's forged hops never reach it.
     let server = &policy.server;
-    h.remove(X_FORWARDED_FOR);
-    h.remove(header::FORWARDED);
     h.insert(
         server.client_ip_header.clone(),
-        HeaderValue::from_str(&fwd.client_ip.to_string())
+        HeaderValue::from_str(crate::client_ip::IpText::new(fwd.client_ip).as_str())
             .expect("IP addresses are valid header values"),
     );
     if server.forwarded {
@@ -421,7 +436,7 @@ fn upstream_head(
     }
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(fwd.proto));
     h.insert(crate::request_id::HEADER_NAME, fwd.request_id.clone());
-    h.insert(TRACEPARENT, fwd.traceparent);
+    h.insert(super::trace::TRACEPARENT, fwd.traceparent);
     if fwd.started_trace {
         h.remove(TRACESTATE);
     }
@@ -430,21 +445,15 @@ fn upstream_head(
     Ok(())
 }
 
-/// Identity headers are ward's alone: client-sent copies (and the API key, a secret the upstream
-/// does not need) are removed on every route; the verified caller's subject, tenant, roles and
-/// auth method are set when there is one.
+/// Identity headers are ward's alone: client-sent copies were removed (on every route, see
+/// `upstream_head`); the verified caller's subject, tenant, roles and auth method are set when
+/// there is one.
 fn identity_headers(
     policy: &Policy,
     principal: Option<&crate::identity::Principal>,
     h: &mut http::HeaderMap,
 ) {
     let names = &policy.identity.headers;
-    for n in names.all() {
-        h.remove(n);
-    }
-    if let Some(keys) = &policy.identity.api_keys {
-        h.remove(&keys.header);
-    }
     let Some(p) = principal else { return };
     let mut set = |name: &http::HeaderName, value: &str| match HeaderValue::from_str(value) {
         Ok(v) => {
