@@ -1,5 +1,5 @@
 //! `ward proxy`: the transport around the pipeline. Accept, TLS handshake (with a deadline),
-//! HTTP/1.1 or HTTP/2 by ALPN through hyper-util's auto server, connection caps, the HTTP/1
+//! HTTP/1.1 or HTTP/2 by ALPN (hyper's server for the protocol chosen), connection caps, the HTTP/1
 //! framing guard, graceful drain; plus the reload tasks for policy and certificates, the admin
 //! listener and the optional plain-HTTP redirect listener. Security decisions on requests live
 //! in `pipeline`; this module only hands it connection facts.
@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -305,10 +305,11 @@ async fn serve_connection(
     };
     let svc_shared = shared.clone();
     let handle = move |req| pipeline::handle(svc_shared.clone(), info, req);
+    // TLS's ALPN already chose the protocol, so each connection gets hyper's server for it
+    // directly (no protocol sniffing, and a task sized for its own protocol alone).
     let result = if h2 {
-        let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
+        let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
-            .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(max_streams)
             .max_header_list_size(64 * 1024)
@@ -326,9 +327,8 @@ async fn serve_connection(
             .watch(builder.serve_connection(TokioIo::new(tls), service))
             .await
     } else {
-        let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+        let mut builder = http1::Builder::new();
         builder
-            .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout)
             // The framing guard ends input early after a bad pipelined head; finish the answer owed.

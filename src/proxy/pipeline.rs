@@ -499,9 +499,7 @@ fn harden(policy: &Policy, ex: &Exchange, origin: Option<&HeaderValue>, h: &mut 
         stage::cors::decorate(route, origin, h);
     }
     if let Some(route) = &ex.route {
-        for (n, v) in ex.permit.headers(route) {
-            h.insert(n, v);
-        }
+        ex.permit.write_headers(route, h);
     }
     h.insert(
         request_id::HEADER_NAME,

@@ -159,23 +159,22 @@ pub async fn forward(
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             (Outgoing::Replay(bytes), None)
         }
+        // No body: sent the same way by every attempt.
+        InBody::Stream(incoming) if incoming.is_end_stream() => {
+            (Outgoing::Replay(Bytes::new()), None)
+        }
         InBody::Stream(incoming) => {
             let declared = parts
                 .headers
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            let end = incoming.is_end_stream();
             let body = StallingBody::new(incoming, ru.body_timeout);
             let stalled = body.stalled.clone();
             let read_first = match declared {
-                _ if end => false,
                 Some(n) => retryable && n <= MAX_REPLAY_BODY,
                 None => route.limits.mode != Mode::Shadow,
             };
-            let outgoing = if end {
-                // No body: sent the same way by every attempt.
-                Outgoing::Replay(Bytes::new())
-            } else if read_first {
+            let outgoing = if read_first {
                 let limit = usize::try_from(route.limits.max_body).unwrap_or(usize::MAX);
                 let read =
                     tokio::time::timeout_at(deadline.into(), Limited::new(body, limit).collect())
