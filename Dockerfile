@@ -34,6 +34,9 @@ COPY --from=build /src/target/release/ward /usr/local/bin/ward
 # distroless's nonroot user, numeric so runAsNonRoot can verify it.
 USER 65532:65532
 WORKDIR /tmp
+# No transparent huge pages for mimalloc's memory, also on nodes whose THP setting is `always`:
+# huge pages held 7 KiB (HTTP/1.1) to 19 KiB (HTTP/2) more per idle connection (bench/idle.sh).
+ENV MIMALLOC_ALLOW_THP=0
 EXPOSE 8443 9901
 # Through the binary itself: GET /healthz on the admin port (WARD_ADMIN_LISTEN, else 127.0.0.1:9901).
 # For `ward payments` in Docker, set -e WARD_ADMIN_LISTEN=127.0.0.1:8081 so it probes the service's port.

@@ -25,17 +25,31 @@
 #   PARALLEL=64     connections being set up at once
 #   SETTLE=3        seconds between the last connection and the measurement
 #   RESULTS=bench/results/idle   writes RESULTS.csv and RESULTS.txt; empty: none
+#   HEAP=           1: where ward's memory per idle connection goes instead (ward only): ward,
+#                   built with --features system-allocator (into target/heap, so the usual build
+#                   is left alone; HEAP_BIN=path skips the build), runs under valgrind's DHAT
+#                   while it holds N (1,000 by default in this mode) idle connections, and
+#                   bench/heap.py splits its heap at the peak by allocation site and component.
+#                   Writes RESULTS (default bench/results/idle-heap).txt.
 set -Eeuo pipefail
 
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-CASES=${CASES:-ward haproxy nginx}
+HEAP=${HEAP:-}
+HEAP_BIN=${HEAP_BIN:-}
 PROTOCOLS=${PROTOCOLS:-h1 h2}
-N=${N:-9000}
 PARALLEL=${PARALLEL:-64}
 SETTLE=${SETTLE:-3}
-RESULTS=${RESULTS-$BENCH_DIR/results/idle}
+if [[ -n $HEAP ]]; then
+    CASES=${CASES:-ward}
+    N=${N:-1000}
+    RESULTS=${RESULTS-$BENCH_DIR/results/idle-heap}
+else
+    CASES=${CASES:-ward haproxy nginx}
+    N=${N:-9000}
+    RESULTS=${RESULTS-$BENCH_DIR/results/idle}
+fi
 
 MAXCONN=$((N + 500))
 # nginx closes idle keep-alive connections to make room once fewer than 1/16 of its
@@ -52,8 +66,9 @@ established() {
 
 measure() {
     local c=$1 proto=$2 port=${CASE_PORT[$1]} before after open closed line
+    if [[ -n $HEAP ]]; then WRAP=(valgrind --tool=dhat --quiet "--dhat-out-file=$RUN_DIR/dhat-$c-$proto.json"); fi
     start_case "$c"
-    wait_case "$c" 30
+    wait_case "$c" "$([[ -n $HEAP ]] && echo 120 || echo 30)"
     local -a h1=()
     [[ $proto == h1 ]] && h1=(--h1)
     timeout 120 taskset -c "$LOAD_CPU" h2load -n 640 -c 64 ${h1[@]+"${h1[@]}"} \
@@ -79,6 +94,15 @@ measure() {
     wait "$LOAD_PID" 2>/dev/null || true
     LOAD_PID=
     stop "$c"
+    if [[ -n $HEAP ]]; then
+        [[ -s $RUN_DIR/dhat-$c-$proto.json ]] || die "$c $proto: DHAT wrote no profile (see $RUN_DIR/$c.out)"
+        {
+            printf '\n### %s, %s: %s idle connections (%s established)\n\n' "$c" "$proto" "$N" "$open"
+            "$PYTHON" "$BENCH_DIR/heap.py" "$RUN_DIR/dhat-$c-$proto.json" "$N"
+        } >>"$RUN_DIR/heap.md"
+        log "$c $proto: heap profile of $N idle connections taken"
+        return
+    fi
     local per
     per=$(awk -v a="$after" -v b="$before" -v n="$N" 'BEGIN {printf "%.1f", (a - b) / n}')
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$proto" "$N" "$open" "$before" "$after" "$per" "$closed" >>"$RUN_DIR/idle.tsv"
@@ -109,6 +133,17 @@ main() {
     done
     ensure_tools h2load:nghttp2-client ss:iproute2
     [[ -n $PYTHON ]] || PYTHON=python3
+    if [[ -n $HEAP ]]; then
+        for c in $CASES; do is_ward "$c" || die "HEAP=1 profiles ward only, not $c"; done
+        ensure_tools valgrind:valgrind
+        if [[ -z $HEAP_BIN ]]; then
+            log "building ward with --features system-allocator into target/heap (DHAT sees only malloc)"
+            (cd "$REPO_DIR" && flock /tmp/ward-cargo.lock cargo build --release --quiet --locked \
+                --features system-allocator --target-dir target/heap)
+            HEAP_BIN=$REPO_DIR/target/heap/release/ward
+        fi
+        WARD_BIN=$HEAP_BIN
+    fi
     ensure_ward
     # Each connection is a descriptor in idle.py and one in the server (both inherit this limit),
     # up to the hard limit (raising that needs CAP_SYS_RESOURCE, which a container may lack).
@@ -133,6 +168,15 @@ main() {
     for proto in $PROTOCOLS; do
         for c in $CASES; do measure "$c" "$proto"; done
     done
+    if [[ -n $HEAP ]]; then
+        tee -a "$RUN_DIR/report.txt" <"$RUN_DIR/heap.md"
+        if [[ -n $RESULTS ]]; then
+            mkdir -p "$(dirname "$RESULTS")"
+            cp "$RUN_DIR/report.txt" "$RESULTS.txt"
+            log "results in $RESULTS.txt"
+        fi
+        return
+    fi
     report | tee -a "$RUN_DIR/report.txt"
     if [[ -n $RESULTS ]]; then
         mkdir -p "$(dirname "$RESULTS")"
