@@ -30,9 +30,9 @@
 //!   API on a running proxy's admin port.
 //! - [`keystore`]: the live JWKS keys of each issuer the policy names, beside the policy store,
 //!   fetched or watched by their own tasks, keeping the last good set.
-//! - [`proxy`]: the transport (accept, handshake, HTTP/1 framing guard, hyper-util auto server,
-//!   drain), the admin and redirect listeners, and `proxy::pipeline`, where every request runs
-//!   through the security stages in order:
+//! - [`proxy`]: the transport (accept, handshake, HTTP/1 framing guard, hyper's server for the
+//!   protocol ALPN chose, drain), the admin and redirect listeners, and `proxy::pipeline`, where
+//!   every request runs through the security stages in order:
 //!
 //!   1. framing (400);
 //!   2. route selection and deny routes (404 / configured 4xx);
@@ -55,7 +55,7 @@
 //!   well-formed id or make one), [`client_ip`] (the client behind trusted hops),
 //!   [`access_log`] (the one JSON request line: service, request id, method, path without query
 //!   values, route, status, duration, client IP, tenant, subject), [`serve`] (accept with
-//!   back-off, a task per connection, drain on shutdown), and [`telemetry`] (log setup with a
+//!   back-off, TCP keepalive, a task per connection, drain on shutdown), and [`telemetry`] (log setup with a
 //!   bounded, drop-counting writer; Prometheus rendering; the proxy's metric handles).
 //! - [`payments`]: `ward payments`, the bundled upstream: token issuing with rotation, payments
 //!   with validation and idempotency, the tenant-scoped tamper-evident audit trail, on SQLite or
