@@ -95,6 +95,8 @@ pub struct Route {
     pub refresh: Option<sessions::RefreshRule>,
     /// Brute-force lockout (a login endpoint).
     pub lockout: Option<sessions::LockoutRule>,
+    /// The route's metric handles, looked up on first use (not policy: a memo beside it).
+    pub metrics: crate::telemetry::RouteMetrics,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -202,6 +204,8 @@ pub struct RateLimit {
     pub fallback: Fallback,
     /// `"name";q=limit;w=seconds`, ready for the RateLimit-Policy header.
     pub policy_item: String,
+    /// `ward_rate_limit_decisions_total{limit,decision="allowed"}`, looked up on first use.
+    pub allowed: crate::telemetry::Resolved<prometheus::IntCounter>,
 }
 
 impl Policy {

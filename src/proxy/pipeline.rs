@@ -149,15 +149,29 @@ pub async fn handle(
     harden(&policy, &ex, origin.as_ref(), response.headers_mut());
 
     let status = response.status();
-    let route = ex.route.as_ref().map_or("-", |r| &*r.name);
     let elapsed = started.elapsed();
     let m = &shared.metrics;
-    m.requests
-        .with_label_values(&[route, status_class(status.as_u16())])
-        .inc();
-    m.request_duration
-        .with_label_values(&[route])
-        .observe(elapsed.as_secs_f64());
+    let class = status_class(status.as_u16());
+    match &ex.route {
+        Some(r) => {
+            let rm = &r.metrics;
+            rm.requests[class]
+                .get(m, |m| {
+                    m.requests.with_label_values(&[&r.name, CLASSES[class]])
+                })
+                .inc();
+            rm.duration
+                .get(m, |m| m.request_duration.with_label_values(&[&r.name]))
+                .observe(elapsed.as_secs_f64());
+        }
+        None => {
+            m.requests.with_label_values(&["-", CLASSES[class]]).inc();
+            m.request_duration
+                .with_label_values(&["-"])
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+    let route = ex.route.as_ref().map_or("-", |r| &*r.name);
     let who = ex.principal.as_deref();
     AccessLine {
         service: "proxy",
@@ -293,7 +307,10 @@ async fn run_stages(
         started_trace,
         principal: ex.principal.as_deref(),
     };
-    let timer = shared.metrics.upstream_timer(&route.name);
+    let timer = route
+        .metrics
+        .upstream_duration
+        .get(&shared.metrics, |m| m.upstream_timer(&route.name));
     // Looked up only for shadow-mode limits: the one case that counts an over-limit unsized body.
     let shadow_body = (route.limits.mode == Mode::Shadow).then(|| {
         shared
@@ -440,7 +457,16 @@ fn refusal_event(shared: &Shared, ex: &Exchange, rejection: &Rejection) {
 fn record_auth<T>(shared: &Shared, route: &Route, verdict: &Result<T, Rejection>, mode: Mode) {
     use std::borrow::Cow;
     let (result, reason): (_, Cow<str>) = match verdict {
-        Ok(_) => ("allow", Cow::Borrowed("ok")),
+        Ok(_) => {
+            return route
+                .metrics
+                .auth_allowed
+                .get(&shared.metrics, |m| {
+                    m.auth_decisions
+                        .with_label_values(&[&route.name, "allow", "ok"])
+                })
+                .inc()
+        }
         Err(r) if mode == Mode::Shadow => ("shadow", r.reason().into()),
         Err(r) => ("deny", r.reason().into()),
     };
@@ -507,12 +533,16 @@ fn harden(policy: &Policy, ex: &Exchange, origin: Option<&HeaderValue>, h: &mut 
     );
 }
 
-fn status_class(s: u16) -> &'static str {
+/// The `status` label of `ward_requests_total`, by [`status_class`].
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The index in [`CLASSES`] of a status code.
+fn status_class(s: u16) -> usize {
     match s {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }

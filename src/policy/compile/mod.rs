@@ -378,6 +378,7 @@ impl Compiler {
                     .lockout
                     .as_ref()
                     .and_then(|x| self.lockout_rule(x, &format!("{at}.lockout"))),
+                metrics: Default::default(),
             };
             compiled.push(Arc::new(route));
         }

@@ -370,6 +370,7 @@ impl Compiler {
             mode: rl.mode,
             fallback,
             policy_item: format!("\"{}\";q={};w={}", rl.name, rl.limit, rl.period.0.as_secs()),
+            allowed: Default::default(),
         })
     }
 }

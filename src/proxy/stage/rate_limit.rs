@@ -217,7 +217,13 @@ fn settle<'r>(
         }
         let d = checked.decision;
         match (d.allowed, rl.mode) {
-            (true, _) => label("allowed"),
+            (true, _) => rl
+                .allowed
+                .get(ctx.metrics, |m| {
+                    m.rate_limit_decisions
+                        .with_label_values(&[&rl.name, "allowed"])
+                })
+                .inc(),
             (false, Mode::Shadow) => {
                 label("shadow_limited");
                 permit.shadowed.push(rl.name.clone());
@@ -326,6 +332,7 @@ fn api_key_limit(policy: &Policy, p: &Principal) -> Option<(RateLimit, Arc<str>)
             mode: Mode::Enforce,
             fallback: crate::limit::Fallback::Local { share: 1.0 },
             policy_item: format!("\"api_key\";q={limit};w={}", period.as_secs()),
+            allowed: Default::default(),
         },
         id.clone(),
     ))
@@ -348,6 +355,7 @@ mod tests {
             mode: Mode::Enforce,
             fallback: crate::limit::Fallback::Deny,
             policy_item: String::new(),
+            allowed: Default::default(),
         }
     }
 

@@ -137,8 +137,7 @@ pub async fn forward(
     let m = &upstreams.metrics;
     let live = upstreams.get(up);
     // 1. Load shedding: answered at once, never queued.
-    let Some(in_flight) = live.enter(up.max_concurrent, m.in_flight.with_label_values(&[name]))
-    else {
+    let Some(in_flight) = live.enter(up.max_concurrent) else {
         m.event(name, "shed");
         tracing::warn!(
             upstream = name,

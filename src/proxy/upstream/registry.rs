@@ -47,6 +47,8 @@ pub struct Live {
     pub breaker: Arc<Breaker>,
     pub budget: Arc<Budget>,
     in_flight: Arc<AtomicUsize>,
+    /// `ward_upstream_in_flight{upstream}`, looked up once here rather than per request.
+    gauge: IntGauge,
 }
 
 /// A request's place among an upstream's in-flight requests, given back when dropped (when the
@@ -65,15 +67,15 @@ impl Drop for InFlight {
 
 impl Live {
     /// A place among the in-flight requests, or `None` when `max` are already in flight.
-    pub fn enter(&self, max: usize, gauge: IntGauge) -> Option<InFlight> {
+    pub fn enter(&self, max: usize) -> Option<InFlight> {
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= max {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        gauge.inc();
+        self.gauge.inc();
         Some(InFlight {
             count: self.in_flight.clone(),
-            gauge,
+            gauge: self.gauge.clone(),
         })
     }
 }
@@ -115,6 +117,7 @@ impl Registry {
             breaker: old.map_or_else(Arc::default, |l| l.breaker.clone()),
             budget: old.map_or_else(Arc::default, |l| l.budget.clone()),
             in_flight: old.map_or_else(Arc::default, |l| l.in_flight.clone()),
+            gauge: self.metrics.in_flight.with_label_values(&[&up.name]),
         });
         map.insert(up.name.clone(), live.clone());
         live
