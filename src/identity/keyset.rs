@@ -3,8 +3,6 @@
 //! material, repeats a `kid` or holds a weak RSA key is refused as a whole: the caller keeps the
 //! last good set. Pure: no I/O.
 
-use std::collections::HashMap;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -103,7 +101,8 @@ impl std::fmt::Debug for Key {
 /// The keys of one source, replaced whole.
 #[derive(Debug, Default)]
 pub struct KeySet {
-    by_kid: HashMap<String, Key>,
+    /// foldhash (seeded per process), not SipHash: looked up on every authenticated request.
+    by_kid: foldhash::HashMap<String, Key>,
     /// Keys published without a `kid`: usable only by tokens without one.
     anonymous: Vec<Key>,
 }
@@ -169,7 +168,7 @@ impl KeySet {
             return Err(KeySetError::WeakSecret);
         }
         Ok(KeySet {
-            by_kid: HashMap::new(),
+            by_kid: Default::default(),
             anonymous: vec![Key {
                 kid: None,
                 algorithms: algorithms.to_vec(),

@@ -246,7 +246,7 @@ pub async fn forward(
                 .take()
                 .expect("a streamed body is sent by one attempt only"),
         };
-        let req = copy_head(&parts, body);
+        let req = attempt_head(&mut parts, body, attempt == attempts);
         let now = Instant::now();
         let wait = up.idle_timeout.min(deadline.saturating_duration_since(now));
         let result = match tokio::time::timeout(wait, live.pool.send(req)).await {
@@ -321,13 +321,22 @@ fn set_gauge(m: &UpstreamMetrics, name: &str, live: &registry::Live) {
         .set(live.breaker.state().gauge());
 }
 
-/// One attempt's request: the prepared head with `body`.
-fn copy_head(parts: &http::request::Parts, body: ProxyBody) -> Request<ProxyBody> {
+/// One attempt's request: the prepared head with `body`. The last attempt (the only one, for
+/// most requests that cannot be retried) takes the headers instead of copying them.
+fn attempt_head(
+    parts: &mut http::request::Parts,
+    body: ProxyBody,
+    last: bool,
+) -> Request<ProxyBody> {
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = parts.uri.clone();
     *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = parts.headers.clone();
+    *req.headers_mut() = if last {
+        std::mem::take(&mut parts.headers)
+    } else {
+        parts.headers.clone()
+    };
     req
 }
 

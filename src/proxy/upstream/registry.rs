@@ -4,7 +4,6 @@
 //! (scheme, address, connect timeout, TLS inputs) change, and the breaker and budget are never
 //! reset by a reload.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -81,7 +80,8 @@ impl Live {
 }
 
 pub struct Registry {
-    live: RwLock<HashMap<Arc<str>, Arc<Live>>>,
+    /// foldhash (seeded per process), not SipHash: looked up by upstream name on every request.
+    live: RwLock<foldhash::HashMap<Arc<str>, Arc<Live>>>,
     pub metrics: UpstreamMetrics,
 }
 
