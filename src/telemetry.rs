@@ -657,7 +657,10 @@ mod tests {
         route.requests[1].get(&a.clone(), lookup).inc();
         assert_eq!(lookup(&a).get(), 3);
         assert_eq!(lookup(&b).get(), 1);
-        assert!(matches!(route.requests[1].get(&a, lookup), Cow::Borrowed(_)));
+        assert!(matches!(
+            route.requests[1].get(&a, lookup),
+            Cow::Borrowed(_)
+        ));
         assert!(matches!(route.requests[1].get(&b, lookup), Cow::Owned(_)));
     }
 }
