@@ -44,6 +44,7 @@ fn limit(key: RateKey) -> RateLimit {
         mode: Mode::Enforce,
         fallback: Fallback::Deny,
         policy_item: String::new(),
+        allowed: Default::default(),
     }
 }
 
