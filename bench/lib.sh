@@ -551,8 +551,18 @@ load() {
             err=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/[^0-9 ]/, " "); n += $1 + $2 + $3 + $4} END {print n + 0}' "$out")
             echo "$req $rps $p50 $p99 $err" >"$out.result"
             ;;
-        h2 | h2m*)
+        h2 | h2m* | h1r* | h2r*)
+            # h1rN / h2rN: an offered load of N requests a second in all (spread over the
+            # connections, one stream each; h2load paces them), below what the proxy can serve,
+            # so the latency a stage adds is not hidden in queueing behind a saturated core.
+            local -a mode=() alpn=h2
             [[ $proto == h2m* ]] && streams=${proto#h2m}
+            if [[ $proto == h[12]r* ]]; then
+                local rate=${proto#h?r}
+                [[ $rate =~ ^[0-9]+$ ]] && ((rate >= conns)) || die "$proto: the rate must be a number of at least $conns"
+                mode=(--rps=$((rate / conns)))
+                [[ $proto == h1r* ]] && { mode+=(--h1); alpn=http/1.1; }
+            fi
             if many_tokens "$c"; then
                 args=(-i "$RUN_DIR/jwt/uris-$c.txt")
                 u=
@@ -560,10 +570,10 @@ load() {
                 args=(-H "authorization: Bearer $HOT_TOKEN")
             fi
             bounded $((secs + 30)) "$out" \
-                h2load -t1 -c"$conns" -m"$streams" -D "$secs" --log-file="$out.log" "${args[@]}" ${u:+"$u"} ||
+                h2load -t1 -c"$conns" -m"$streams" ${mode[@]+"${mode[@]}"} -D "$secs" --log-file="$out.log" "${args[@]}" ${u:+"$u"} ||
                 die "h2load failed: $(tail -3 "$out")"
-            grep -q '^Application protocol: h2' "$out" ||
-                die "h2load did not speak h2 to $c: $(grep -i 'protocol' "$out")"
+            grep -q "^Application protocol: $alpn\$" "$out" ||
+                die "h2load did not speak $alpn to $c: $(grep -i 'protocol' "$out")"
             local req rps err p50 p99
             req=$(awk '/^requests:/ {print $8}' "$out")
             rps=$(awk '/^finished in/ {print $4}' "$out")

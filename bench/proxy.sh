@@ -22,6 +22,8 @@
 #   PROTOCOLS="h1 h2 h2m10"   h1: wrk; h2: h2load, 1 stream per connection;
 #                             h2m10: h2load, 10 concurrent streams per connection;
 #                             also h1cN: wrk with N connections (h1c1: latency unloaded)
+#                             h1rN / h2rN: h2load offering N req/s in all over the connections
+#                             (below saturation: what a stage adds to latency, not to queueing)
 #   RESULTS=bench/results/proxy   writes RESULTS.csv (every run of every round)
 #                             and RESULTS.txt (what the script prints); empty: none
 set -Eeuo pipefail
