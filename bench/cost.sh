@@ -22,6 +22,8 @@
 #   PROTOCOLS="h1 h2"            h1: h2load --h1; h2: h2load, 1 stream per connection;
 #                                h2m10: 10 concurrent streams per connection
 #   REQUESTS=2000 REQUESTS_SHORT=200 WARMUP_REQUESTS=200 CONNECTIONS=16
+#   CG_OPTS=                     more callgrind options (CG_OPTS=--cache-sim=yes CG_DIR=/tmp/cg:
+#                                simulated cache misses in the kept dumps)
 #   BREAKDOWN=                   1: also where the instructions go, per case and protocol:
 #                                by component (self cost) and the top functions (inclusive)
 #   RESULTS=bench/results/cost   writes RESULTS.csv and RESULTS.txt (the printed report);
@@ -44,7 +46,10 @@ RESULTS=${RESULTS-$BENCH_DIR/results/cost}
 # (master_process off: the worker's code, without a master).
 NGINX_SINGLE_PROCESS=1
 CG_DIR=${CG_DIR:-$RUN_DIR/callgrind}   # CG_DIR=/path keeps the callgrind files
-WRAP=(valgrind --tool=callgrind --quiet "--callgrind-out-file=$CG_DIR/%q{BENCH_CASE}.%p.out")
+# CG_OPTS: more callgrind options, e.g. "--cache-sim=yes" (simulated cache misses, in the dumps
+# kept with CG_DIR; the instruction counts stay the first event and are unchanged).
+read -r -a CG_EXTRA <<<"${CG_OPTS:-}"
+WRAP=(valgrind --tool=callgrind --quiet ${CG_EXTRA[@]+"${CG_EXTRA[@]}"} "--callgrind-out-file=$CG_DIR/%q{BENCH_CASE}.%p.out")
 
 # run_load CASE PROTO N: N requests over CONNECTIONS new connections, on the load core.
 run_load() {
