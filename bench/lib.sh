@@ -553,8 +553,9 @@ load() {
             ;;
         h2 | h2m* | h1r* | h2r*)
             # h1rN / h2rN: an offered load of N requests a second in all (spread over the
-            # connections, one stream each; h2load paces them), below what the proxy can serve,
-            # so the latency a stage adds is not hidden in queueing behind a saturated core.
+            # connections, one stream each), below what the proxy can serve, so throughput no
+            # longer hides a stage's cost. h2load paces the connections together: requests still
+            # arrive in bursts, and a stage's CPU time queues the requests behind it in a burst.
             local -a mode=() alpn=h2
             [[ $proto == h2m* ]] && streams=${proto#h2m}
             if [[ $proto == h[12]r* ]]; then
