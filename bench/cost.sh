@@ -134,7 +134,7 @@ measure_case() {
             } >>"$RUN_DIR/breakdown.md"
         fi
     done
-    if [[ $c == ward-redis ]]; then
+    if uses_redis "$c"; then
         # Under valgrind ward is slow enough that a Redis answer may miss its deadline (250 ms by default);
         # then it counts locally and the figures are not those of the Redis path.
         local fb

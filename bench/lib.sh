@@ -24,8 +24,10 @@
 #
 # Settings, from the environment (besides the caller's own):
 #   LOAD_CPU=0 PROXY_CPU=1    cores for the load generator and for the servers
-#   PORT_BASE=18080           ports PORT_BASE..PORT_BASE+18 on 127.0.0.1
+#   PORT_BASE=18080           ports PORT_BASE..PORT_BASE+18 on 127.0.0.1 (+38 with WARD_BIN_B)
 #   WARD_BIN=target/release/ward   built (under flock /tmp/ward-cargo.lock) if missing
+#   WARD_BIN_B=PATH another ward binary (a before/after comparison in one interleaved run): every
+#                   ward case X then also exists as X-b, the same case served by WARD_BIN_B
 #   REDIS_URL=redis://127.0.0.1:6379   for ward-redis; its keys get a random prefix, deleted at exit
 #   TOKENS=10000    distinct tokens for the *-jwt10k cases
 #   KEEP=DIR        keep the raw outputs, logs, rendered configs and tokens in DIR (never a
@@ -38,6 +40,7 @@ LOAD_CPU=${LOAD_CPU:-0}
 PROXY_CPU=${PROXY_CPU:-1}
 PORT_BASE=${PORT_BASE:-18080}
 WARD_BIN=${WARD_BIN:-$REPO_DIR/target/release/ward}
+WARD_BIN_B=${WARD_BIN_B:-}
 KEEP=${KEEP:-}
 REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 TOKENS=${TOKENS:-10000}
@@ -76,6 +79,14 @@ declare -A CASE_PORT=(
     [ward-redis]=$((PORT_BASE + 15))
     [ward-jwt-rev]=$((PORT_BASE + 17))
 )
+# The -b cases (WARD_BIN_B): their ward case's ports plus 20.
+if [[ -n $WARD_BIN_B ]]; then
+    for c in $ALL_CASES; do
+        [[ $c == ward* ]] && CASE_PORT[$c-b]=$((CASE_PORT[$c] + 20)) && ALL_CASES+=" $c-b"
+    done
+fi
+# base_case CASE: the case a -b case repeats with WARD_BIN_B (any other case: itself).
+base_case() { echo "${1%-b}"; }
 
 log() { printf '%s %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -85,6 +96,7 @@ die() {
 
 has_case() { [[ " $CASES " == *" $1 "* ]]; }
 is_ward() { [[ $1 == ward* ]]; }
+uses_redis() { [[ $(base_case "$1") == ward-redis ]]; }
 is_haproxy() { [[ $1 == haproxy* ]]; }
 is_jwt() { [[ $1 == *-jwt* ]]; }
 many_tokens() { [[ $1 == *-jwt10k* ]]; }
@@ -120,7 +132,7 @@ ensure_tools() {
     local missing=() pair
     command -v nginx >/dev/null || missing+=(nginx-light)
     if any_case is_haproxy && ! command -v haproxy >/dev/null; then missing+=(haproxy); fi
-    if has_case ward-redis && ! command -v redis-cli >/dev/null; then missing+=(redis-tools); fi
+    if any_case uses_redis && ! command -v redis-cli >/dev/null; then missing+=(redis-tools); fi
     if any_case is_jwt && [[ -z $(find_python) ]]; then missing+=(python3-cryptography); fi
     command -v openssl >/dev/null || missing+=(openssl)
     command -v curl >/dev/null || missing+=(curl)
@@ -156,6 +168,7 @@ ensure_ward() {
         (cd "$REPO_DIR" && flock /tmp/ward-cargo.lock cargo build --release --quiet)
         [[ -x $WARD_BIN ]] || die "cargo build did not produce $WARD_BIN"
     fi
+    if [[ -n $WARD_BIN_B && ! -x $WARD_BIN_B ]]; then die "WARD_BIN_B=$WARD_BIN_B is not an executable"; fi
 }
 
 # ---------------------------------------------------------------- processes
@@ -187,7 +200,7 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
-    if has_case ward-redis && command -v redis-cli >/dev/null; then
+    if any_case uses_redis && command -v redis-cli >/dev/null; then
         # The limiter's keys expire by themselves; delete whatever is left of this run's.
         timeout 30 redis-cli -u "$REDIS_URL" --scan --pattern "$REDIS_PREFIX:*" 2>/dev/null |
             timeout 30 xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null 2>&1 || true
@@ -351,9 +364,11 @@ token_of() {
     if many_tokens "$1"; then head -1 "$RUN_DIR/jwt/tokens.txt"; else echo "$HOT_TOKEN"; fi
 }
 
-# ward_policy CASE: write CASE's policy into its own directory; print its path.
+# ward_policy CASE [DIR_CASE]: write CASE's policy into DIR_CASE's (default: CASE's) own
+# directory (a -b case gets its base case's policy, never the file another ward watches); print
+# its path.
 ward_policy() {
-    local c=$1 dir=$RUN_DIR/policy-$1
+    local c=$1 dir=$RUN_DIR/policy-${2:-$1}
     mkdir -p "$dir"
     local p=$dir/ward-policy.yaml
     sed "s|url: http://127.0.0.1:[0-9]*|url: http://127.0.0.1:$UPSTREAM_PORT|" "$BENCH_DIR/ward-policy.yaml" >"$p"
@@ -413,12 +428,14 @@ start_case() {
             start nginx env BENCH_CASE="$c" ${WRAP[@]+"${WRAP[@]}"} nginx -p "$RUN_DIR" -c "$RUN_DIR/nginx.conf"
             ;;
         ward*)
-            local policy extra=()
-            policy=$(ward_policy "$c")
-            if [[ $c == ward-redis ]]; then extra=(--redis-url "$REDIS_URL" --redis-prefix "$REDIS_PREFIX"); fi
-            if [[ $c == ward-jwt-rev ]]; then extra=(--admin-token-file "$RUN_DIR/admin.token"); fi
-            "$WARD_BIN" check "$policy" >/dev/null || die "$c: ward check refuses its policy"
-            start "$c" env BENCH_CASE="$c" ${WRAP[@]+"${WRAP[@]}"} "$WARD_BIN" proxy \
+            local policy extra=() base bin=$WARD_BIN
+            base=$(base_case "$c")
+            if [[ $c != "$base" ]]; then bin=$WARD_BIN_B; fi
+            policy=$(ward_policy "$base" "$c")
+            if [[ $base == ward-redis ]]; then extra=(--redis-url "$REDIS_URL" --redis-prefix "$REDIS_PREFIX"); fi
+            if [[ $base == ward-jwt-rev ]]; then extra=(--admin-token-file "$RUN_DIR/admin.token"); fi
+            "$bin" check "$policy" >/dev/null || die "$c: ward check refuses its policy"
+            start "$c" env BENCH_CASE="$c" ${WRAP[@]+"${WRAP[@]}"} "$bin" proxy \
                 --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$(admin_port "$c")" \
                 --tls-cert "$CERT" --tls-key "$KEY" --policy "$policy" \
                 --worker-threads 1 "${extra[@]}"
@@ -433,7 +450,7 @@ start_upstream() {
     make_cert
     # The control API's token for ward-jwt-rev: made for this run, never printed.
     (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$RUN_DIR/admin.token")
-    for port in $(seq "$PORT_BASE" $((PORT_BASE + 18))); do
+    for port in $(seq "$PORT_BASE" $((PORT_BASE + ${WARD_BIN_B:+20} + 18))); do
         port_free "$port" || die "127.0.0.1:$port is in use (set PORT_BASE)"
     done
     make_tokens
@@ -448,7 +465,7 @@ wait_case() {
     [[ $1 == upstream* ]] && return
     wait_port "$1" "${CASE_PORT[$1]}" "${2:-15}"
     if is_ward "$1"; then wait_ready "$1" "${2:-15}"; fi
-    if [[ $1 == ward-jwt-rev ]]; then load_revocations "$1"; fi
+    if [[ $(base_case "$1") == ward-jwt-rev ]]; then load_revocations "$1"; fi
 }
 
 # load_revocations CASE: REVOCATIONS (300) live revocations of other callers, a third each by

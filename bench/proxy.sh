@@ -187,7 +187,7 @@ measure() {
     if ((WARMUP > 0)); then load "$c" "$proto" "$WARMUP" "$RUN_DIR/warmup.out"; fi
     # What only some cases have: Redis's own CPU and calls, the token cache's hits.
     local r_before=0 calls_before=0 hit_before=0 miss_before=0 fb_before=0 to_before=0 bo_before=0
-    if [[ $c == ward-redis ]]; then
+    if uses_redis "$c"; then
         r_before=$(redis_ticks)
         calls_before=$(ward_metric "$c" ward_redis_call_duration_seconds_count)
         fb_before=$(ward_metric "$c" ward_rate_limit_fallbacks_total)
@@ -206,7 +206,7 @@ measure() {
     after=$(cpu_ticks "$srv")
     up_after=$(cpu_ticks upstream)
     local redis_us=- redis_calls=- hit_pct=- fallbacks=- timeouts=- breaker=-
-    if [[ $c == ward-redis ]]; then
+    if uses_redis "$c"; then
         # Decisions taken locally because a Redis call failed, ran past its deadline or was
         # not made (breaker open): not the Redis path, so they must be counted.
         fallbacks=$(($(ward_metric "$c" ward_rate_limit_fallbacks_total) - fb_before))
@@ -264,7 +264,7 @@ spread() {
 # peer CASE: the HAProxy case doing the same work, if it ran.
 peer() {
     local p
-    case $1 in
+    case $(base_case "$1") in
         ward-jwt | ward-jwt-rev | haproxy-jwt) p=haproxy-jwt ;;
         *-jwt10k*) p=haproxy-jwt10k && { has_case $p || p=haproxy-jwt; } ;;
         *) p=haproxy ;;

@@ -105,6 +105,8 @@ pub struct RedisMetrics {
     pub breaker_open: prometheus::IntGauge,
     pub errors: prometheus::IntCounterVec,
     pub latency: prometheus::Histogram,
+    /// Rate-limit decisions carried per call (single node; see `limit::redis`).
+    pub batch_size: prometheus::Histogram,
 }
 
 enum Conn {
@@ -196,6 +198,16 @@ impl RedisLink {
             k.push_str(piece);
         }
         k
+    }
+
+    /// Counts a call that was not made or gave no answer, by `op` and `kind`.
+    pub fn count_error(&self, op: &str, kind: &str) {
+        self.metrics.errors.with_label_values(&[op, kind]).inc();
+    }
+
+    /// Records how many rate-limit decisions one call carries.
+    pub fn observe_batch(&self, decisions: usize) {
+        self.metrics.batch_size.observe(decisions as f64);
     }
 
     pub fn breaker_open(&self) -> bool {

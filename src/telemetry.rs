@@ -418,6 +418,17 @@ impl Metrics {
         registry
             .register(Box::new(redis_latency.clone()))
             .expect("registered once");
+        let batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "ward_redis_rate_limit_batch_size",
+                "Rate-limit decisions carried by one Redis call (single node; checks that arrive together share a call).",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(batch_size.clone()))
+            .expect("registered once");
         let redis = crate::redis_link::RedisMetrics {
             up: gauge(
                 "ward_redis_up",
@@ -429,10 +440,11 @@ impl Metrics {
             ),
             errors: counter(
                 "ward_redis_errors_total",
-                "Redis calls that gave no answer, by operation and kind: timeout, error, not_connected, breaker_open.",
+                "Redis calls that gave no answer, by operation and kind: timeout, error, not_connected, breaker_open, queue_full (rate-limit checks waiting for a batch are bounded).",
                 &["op", "kind"],
             ),
             latency: redis_latency,
+            batch_size,
         };
         let int_counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid counter");

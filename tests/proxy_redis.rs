@@ -92,6 +92,47 @@ async fn a_limit_of_n_across_two_replicas_admits_exactly_n_on_a_single_redis() {
     redis_cli(&["del", keys[0]]).await;
 }
 
+/// Checks that arrive together share one Redis call (one script deciding each in turn), and the
+/// shared count stays exact: concurrent requests through two replicas admit exactly the limit.
+#[tokio::test]
+async fn concurrent_checks_share_redis_calls_and_the_count_stays_exact() {
+    let prefix = prefix();
+    let a = replica("redis://127.0.0.1:6379", &prefix).await;
+    let b = replica("redis://127.0.0.1:6379", &prefix).await;
+    let mut burst = tokio::task::JoinSet::new();
+    for (i, r) in [&a, &b].into_iter().enumerate() {
+        let client = r.client(true);
+        for _ in 0..40 {
+            let (client, url) = (client.clone(), r.url("/limited"));
+            burst.spawn(async move { (i, client.get(url).send().await.unwrap().status()) });
+        }
+    }
+    let mut ok = 0;
+    while let Some(done) = burst.join_next().await {
+        match done.unwrap().1.as_u16() {
+            200 => ok += 1,
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(
+        ok, 10,
+        "80 concurrent requests against a shared limit of 10"
+    );
+    let mut decisions = 0.0;
+    let mut calls = 0.0;
+    for r in [&a, &b] {
+        decisions += r.metric("ward_redis_rate_limit_batch_size_sum").await;
+        calls += r.metric("ward_redis_rate_limit_batch_size_count").await;
+    }
+    assert_eq!(decisions, 80.0, "every check went to Redis");
+    assert!(
+        calls < 80.0,
+        "concurrent checks share calls: {calls} calls for 80 decisions"
+    );
+    redis_cli(&["del", &format!("{prefix}:rl:{{shared|ip|127.0.0.1}}")]).await;
+}
+
 #[tokio::test]
 async fn a_limit_of_n_across_two_replicas_admits_exactly_n_on_a_redis_cluster() {
     let cluster = RedisCluster::start(3).await;
@@ -233,4 +274,96 @@ async fn a_redis_that_answers_garbage_is_an_outage() {
             >= 1.0
     );
     assert_eq!(p.metric("ward_redis_up").await, 0.0);
+}
+
+/// One call decides a whole batch in arrival order: several keys with their own quotas, one of
+/// them asked five times (sent once with a count), each check with its own exact answer.
+#[tokio::test]
+async fn one_redis_call_decides_a_batch_of_keys_in_arrival_order() {
+    use std::sync::Arc;
+    use ward::limit::{Fallback, MemoryLimiter, Quota, RedisLimiter, Source};
+    use ward::redis_link::RedisLink;
+
+    let prefix = prefix();
+    let metrics = ward::telemetry::Metrics::new();
+    let link = Arc::new(
+        RedisLink::connect(
+            "redis://127.0.0.1:6379".parse().unwrap(),
+            &prefix,
+            metrics.redis.clone(),
+        )
+        .unwrap(),
+    );
+    let limiter = RedisLimiter::new(
+        link,
+        MemoryLimiter::new(100, metrics.rate_limit_keys_evicted.clone()),
+    );
+    let tuning = ward::policy::RedisTuning {
+        timeout: Duration::from_secs(2),
+        breaker_failures: 3,
+        breaker_cooldown: Duration::from_secs(1),
+    };
+    let quota = |limit| Quota {
+        limit,
+        period: Duration::from_secs(3600),
+    };
+    let asks = [("a", 3), ("b", 2), ("a", 3), ("a", 3), ("c", 1), ("b", 2)]
+        .into_iter()
+        .chain([("a", 3), ("a", 3), ("b", 2), ("c", 1)]);
+    // Polled together in one task: every check is queued before the batcher takes them.
+    let checks = asks.map(|(key, limit)| {
+        let (limiter, tuning) = (&limiter, &tuning);
+        async move {
+            let deny = Fallback::Deny;
+            (
+                key,
+                limiter
+                    .check(key, quota(limit), deny, tuning)
+                    .await
+                    .unwrap(),
+            )
+        }
+    });
+    let answers = futures_util::future::join_all(checks).await;
+    let allowed = |k: &str| {
+        answers
+            .iter()
+            .filter(|(key, c)| *key == k && c.decision.allowed)
+            .map(|(_, c)| c.decision.remaining)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        allowed("a"),
+        [2, 1, 0],
+        "a: three of five, in arrival order"
+    );
+    assert_eq!(allowed("b"), [1, 0]);
+    assert_eq!(allowed("c"), [0]);
+    for (key, c) in &answers {
+        assert_eq!(c.source, Source::Redis);
+        assert_eq!(
+            c.decision.allowed,
+            c.decision.retry_after.is_zero(),
+            "{key}"
+        );
+    }
+    let denied_a = answers
+        .iter()
+        .filter(|(k, c)| *k == "a" && !c.decision.allowed);
+    for (_, c) in denied_a {
+        // One request is admitted every 20 minutes once the quota of 3 per hour is spent.
+        let retry = c.decision.retry_after.as_secs_f64();
+        assert!((1199.0..=1200.0).contains(&retry), "retry after {retry}");
+    }
+    assert_eq!(
+        (
+            metrics.redis.batch_size.get_sample_count(),
+            metrics.redis.batch_size.get_sample_sum()
+        ),
+        (1, 10.0),
+        "ten checks, one Redis call"
+    );
+    for key in ["a", "b", "c"] {
+        redis_cli(&["del", &format!("{prefix}:rl:{{{key}}}")]).await;
+    }
 }

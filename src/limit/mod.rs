@@ -117,29 +117,36 @@ impl Limiter {
 pub fn gcra(tat: Option<u64>, now: u64, quota: Quota) -> (u64, Decision) {
     let t = quota.emission_interval().as_nanos().max(1) as u64;
     let period = quota.period.as_nanos() as u64;
-    let tat = tat.unwrap_or(now).max(now);
-    let new_tat = tat + t;
+    gcra_step(tat.unwrap_or(now), now, t, period, 1)
+}
+
+/// One GCRA step in whole ticks of `tick_ns` nanoseconds (1 in memory; 1,000 on Redis's clock,
+/// in microseconds): an emission `interval`, a `period`, the stored `tat` (`now` when none). The
+/// Redis script runs the same arithmetic to know what to store; this says what was decided.
+pub fn gcra_step(tat: u64, now: u64, interval: u64, period: u64, tick_ns: u64) -> (u64, Decision) {
+    let ticks = |n: u64| Duration::from_nanos(n.saturating_mul(tick_ns));
+    let tat = tat.max(now);
+    let new_tat = tat + interval;
     let ahead = new_tat - now;
     if ahead <= period {
-        let remaining = ((period - ahead) / t) as u32;
+        let remaining = ((period - ahead) / interval).min(u64::from(u32::MAX)) as u32;
         (
             new_tat,
             Decision {
                 allowed: true,
                 remaining,
-                reset_after: Duration::from_nanos(ahead),
+                reset_after: ticks(ahead),
                 retry_after: Duration::ZERO,
             },
         )
     } else {
-        let retry = ahead - period;
         (
             tat,
             Decision {
                 allowed: false,
                 remaining: 0,
-                reset_after: Duration::from_nanos(tat - now),
-                retry_after: Duration::from_nanos(retry),
+                reset_after: ticks(tat - now),
+                retry_after: ticks(ahead - period),
             },
         )
     }
