@@ -82,7 +82,10 @@ declare -A CASE_PORT=(
 # The -b cases (WARD_BIN_B): their ward case's ports plus 20.
 if [[ -n $WARD_BIN_B ]]; then
     for c in $ALL_CASES; do
-        [[ $c == ward* ]] && CASE_PORT[$c-b]=$((CASE_PORT[$c] + 20)) && ALL_CASES+=" $c-b"
+        if [[ $c == ward* ]]; then
+            CASE_PORT[$c-b]=$((CASE_PORT[$c] + 20))
+            ALL_CASES+=" $c-b"
+        fi
     done
 fi
 # base_case CASE: the case a -b case repeats with WARD_BIN_B (any other case: itself).
