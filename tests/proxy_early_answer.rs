@@ -72,3 +72,37 @@ async fn curl_over_http1_reads_the_413_with_and_without_expect_100_continue() {
     assert_eq!((out.as_str(), code), ("413 1.1", Some(0)), "without Expect");
     assert_eq!(p.upstream.count(), 0);
 }
+
+/// A body without a declared length is found over the limit while it is read: the proxy answers
+/// 413 part way through the upload and reads and drops the rest, so the client, still sending,
+/// reads the answer instead of a reset. Over HTTP/1.1 (chunked, with and without
+/// `Expect: 100-continue`) and HTTP/2 (no content-length), several times each.
+#[tokio::test]
+async fn curl_reads_the_413_for_an_upload_of_no_declared_length_found_too_large_midway() {
+    let p = start(BASIC).await;
+    let chunked = ["-H", "Transfer-Encoding: chunked"];
+    let cases: [(&str, Vec<&str>, &str); 3] = [
+        (
+            "HTTP/1.1, chunked",
+            [&["--http1.1"][..], &chunked].concat(),
+            "413 1.1",
+        ),
+        (
+            "HTTP/1.1, chunked, no Expect",
+            [&["--http1.1", "-H", "Expect:"][..], &chunked].concat(),
+            "413 1.1",
+        ),
+        (
+            "HTTP/2, no length",
+            [&["--http2"][..], &chunked].concat(),
+            "413 2",
+        ),
+    ];
+    for (what, args, want) in &cases {
+        for _ in 0..4 {
+            let (out, code) = curl_post(&p, 8_000_000, args).await;
+            assert_eq!((out.as_str(), code), (*want, Some(0)), "{what}");
+        }
+    }
+    assert_eq!(p.upstream.count(), 0, "nothing reached the upstream");
+}

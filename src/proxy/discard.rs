@@ -51,10 +51,58 @@ pub fn after_early_answer(body: Incoming, proto: &str, expects_continue: bool) {
     if hyper::body::Body::is_end_stream(&body) || (proto == "http/1.1" && expects_continue) {
         return;
     }
+    drain(body);
+}
+
+/// Reads and drops the rest of a body that is being read (its client is sending), in its own
+/// task, within the bounds: for an answer given part way through, such as a body found over
+/// its limit while it was read.
+pub fn drain<B>(body: B)
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+{
+    if body.is_end_stream() {
+        return;
+    }
     tokio::spawn(async move {
         let read = tokio::time::timeout(MAX_DISCARD_TIME, discard(body, MAX_DISCARD_BYTES)).await;
         tracing::debug!(?read, "unread request body after an early answer");
     });
+}
+
+/// How reading a body with a bound ended.
+#[derive(Debug)]
+pub enum Bounded<E> {
+    /// The whole body, within the bound.
+    Complete(bytes::Bytes),
+    /// More than the bound: nothing more was read (the caller answers, then [`drain`]s).
+    TooLarge,
+    /// The body failed (the client reset, or a stall).
+    Failed(E),
+}
+
+/// Reads `body` to its end if it holds at most `max` bytes; leaves the rest in `body` when it
+/// holds more, so that the caller can answer and then let the client finish (trailers are
+/// dropped: no upstream request of ward's carries them).
+pub async fn read_at_most<B>(body: &mut B, max: u64) -> Bounded<B::Error>
+where
+    B: hyper::body::Body + Unpin,
+{
+    let mut read = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return Bounded::Failed(e),
+        };
+        if let Ok(data) = frame.into_data() {
+            if (read.len() + bytes::Buf::remaining(&data)) as u64 > max {
+                return Bounded::TooLarge;
+            }
+            read.extend_from_slice(bytes::Buf::chunk(&data));
+        }
+    }
+    Bounded::Complete(read.freeze())
 }
 
 /// How the discarding ended.
@@ -103,5 +151,30 @@ mod tests {
         });
         let body = StreamBody::new(futures_util::stream::iter(chunks));
         assert_eq!(discard(body, 999).await, Discarded::TooLarge);
+    }
+
+    #[tokio::test]
+    async fn a_bounded_read_keeps_the_rest_of_a_larger_body_unread() {
+        let frames = |n| {
+            let chunks = (0..n).map(|i| {
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![
+                    i;
+                    100
+                ])))
+            });
+            StreamBody::new(futures_util::stream::iter(chunks))
+        };
+        let mut whole = frames(3);
+        match read_at_most(&mut whole, 300).await {
+            Bounded::Complete(b) => assert_eq!(b.len(), 300),
+            other => panic!("{other:?}"),
+        }
+        let mut larger = frames(10);
+        assert!(matches!(
+            read_at_most(&mut larger, 250).await,
+            Bounded::TooLarge
+        ));
+        // The third frame went over: the seven after it are still there for `drain`.
+        assert_eq!(discard(larger, u64::MAX).await, Discarded::Complete(700));
     }
 }

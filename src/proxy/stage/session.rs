@@ -14,7 +14,6 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use hmac::{Hmac, Mac};
 use http::{header, HeaderMap, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
@@ -23,6 +22,7 @@ use unicode_normalization::UnicodeNormalization;
 use crate::policy::sessions::{FamilySource, LockoutRule, RefreshRule, TokenSource};
 use crate::policy::spec::OnStoreError;
 use crate::policy::{Policy, Route};
+use crate::proxy::discard::{self, Bounded};
 use crate::proxy::rejection::Rejection;
 use crate::proxy::upstream::InBody;
 use crate::redis_link::RedisFault;
@@ -79,14 +79,23 @@ pub async fn read_body(
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let mut body = body;
     if declared.is_some_and(|n| n > bound as u64) {
-        // Nothing read: the answer is sent and the connection closed.
+        // Nothing read. A client that asked to continue waits for this answer and sends
+        // nothing; any other is sending now and may finish (within bounds) to read it.
+        if !headers.contains_key(header::EXPECT) {
+            discard::drain(body);
+        }
         return Err(Rejection::BadBody);
     }
-    match tokio::time::timeout(deadline, Limited::new(body, bound).collect()).await {
+    match tokio::time::timeout(deadline, discard::read_at_most(&mut body, bound as u64)).await {
         Err(_) => Err(Rejection::RequestTimeout),
-        Ok(Err(_)) => Err(Rejection::BadBody),
-        Ok(Ok(c)) => Ok(InBody::Read(c.to_bytes())),
+        Ok(Bounded::TooLarge) => {
+            discard::drain(body);
+            Err(Rejection::BadBody)
+        }
+        Ok(Bounded::Failed(_)) => Err(Rejection::BadBody),
+        Ok(Bounded::Complete(bytes)) => Ok(InBody::Read(bytes)),
     }
 }
 

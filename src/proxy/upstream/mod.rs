@@ -27,13 +27,14 @@ use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 pub use registry::{Registry, UpstreamMetrics};
 
 use self::body::{CountingBody, StallingBody, TimedBody};
 use self::pool::PoolError;
+use super::discard::{self, Bounded};
 use super::rejection::Rejection;
 use super::stage::headers;
 use crate::policy::{Mode, Policy, Route};
@@ -167,28 +168,31 @@ pub async fn forward(
                 .headers
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            let body = StallingBody::new(incoming, ru.body_timeout);
+            let mut body = StallingBody::new(incoming, ru.body_timeout);
             let stalled = body.stalled.clone();
             let read_first = match declared {
                 Some(n) => retryable && n <= MAX_REPLAY_BODY,
                 None => route.limits.mode != Mode::Shadow,
             };
             let outgoing = if read_first {
-                let limit = usize::try_from(route.limits.max_body).unwrap_or(usize::MAX);
-                let read =
-                    tokio::time::timeout_at(deadline.into(), Limited::new(body, limit).collect())
-                        .await;
+                let read = tokio::time::timeout_at(
+                    deadline.into(),
+                    discard::read_at_most(&mut body, route.limits.max_body),
+                )
+                .await;
                 let bytes = match read {
                     Err(_) => return Err(Rejection::RequestTimeout),
-                    Ok(Err(_)) if stalled.load(Ordering::Acquire) => {
+                    Ok(Bounded::Failed(_)) if stalled.load(Ordering::Acquire) => {
                         m.event(name, "body_timeout");
                         return Err(Rejection::RequestTimeout);
                     }
-                    Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                        return Err(Rejection::BodyTooLarge)
+                    Ok(Bounded::TooLarge) => {
+                        // The client is still sending: it gets to finish and read the 413.
+                        discard::drain(body);
+                        return Err(Rejection::BodyTooLarge);
                     }
-                    Ok(Err(_)) => return Err(Rejection::BadBody),
-                    Ok(Ok(collected)) => collected.to_bytes(),
+                    Ok(Bounded::Failed(_)) => return Err(Rejection::BadBody),
+                    Ok(Bounded::Complete(bytes)) => bytes,
                 };
                 parts
                     .headers
