@@ -367,3 +367,81 @@ async fn one_redis_call_decides_a_batch_of_keys_in_arrival_order() {
         redis_cli(&["del", &format!("{prefix}:rl:{{{key}}}")]).await;
     }
 }
+
+/// A check that finds the batcher's queue full does not wait: Redis is treated as unavailable
+/// for it, so its limit's fallback decides (the local share, or 503), and it is counted.
+#[tokio::test]
+async fn a_full_queue_is_an_outage_and_each_limit_s_fallback_decides() {
+    use std::sync::Arc;
+    use ward::limit::{Fallback, MemoryLimiter, Quota, RedisLimiter, Source};
+    use ward::redis_link::RedisLink;
+
+    let prefix = prefix();
+    let metrics = ward::telemetry::Metrics::new();
+    let link = Arc::new(
+        RedisLink::connect(
+            "redis://127.0.0.1:6379".parse().unwrap(),
+            &prefix,
+            metrics.redis.clone(),
+        )
+        .unwrap(),
+    );
+    let limiter = RedisLimiter::with_queue(
+        link,
+        MemoryLimiter::new(100, metrics.rate_limit_keys_evicted.clone()),
+        2,
+    );
+    let tuning = ward::policy::RedisTuning {
+        timeout: Duration::from_secs(2),
+        breaker_failures: 3,
+        breaker_cooldown: Duration::from_secs(1),
+    };
+    let quota = Quota {
+        limit: 100,
+        period: Duration::from_secs(3600),
+    };
+    let local = Fallback::Local { share: 0.5 };
+    // Polled together in one task: the first two fill the queue before the batcher runs.
+    let fallbacks = [local, local, local, local, Fallback::Deny, Fallback::Deny];
+    let checks = fallbacks.map(|fallback| {
+        let (limiter, tuning) = (&limiter, &tuning);
+        async move { limiter.check("k", quota, fallback, tuning).await }
+    });
+    let answers = futures_util::future::join_all(checks).await;
+    let sources: Vec<_> = answers
+        .iter()
+        .map(|a| a.as_ref().map(|c| c.source).ok())
+        .collect();
+    assert_eq!(
+        sources,
+        [
+            Some(Source::Redis),
+            Some(Source::Redis),
+            Some(Source::LocalFallback),
+            Some(Source::LocalFallback),
+            None,
+            None
+        ],
+        "two queued and decided in Redis; the rest fell back (local share, then deny)"
+    );
+    let local_remaining: Vec<_> = answers[2..4]
+        .iter()
+        .map(|a| a.as_ref().unwrap().decision.remaining)
+        .collect();
+    assert_eq!(local_remaining, [49, 48], "the local share is half of 100");
+    for denied in &answers[4..] {
+        assert_eq!(
+            denied.as_ref().unwrap_err().retry_after,
+            Duration::from_secs(1)
+        );
+    }
+    assert_eq!(
+        metrics
+            .redis
+            .errors
+            .with_label_values(&["rate_limit", "queue_full"])
+            .get(),
+        4
+    );
+    redis_cli(&["del", &format!("{prefix}:rl:{{k}}")]).await;
+}

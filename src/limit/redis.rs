@@ -76,10 +76,15 @@ pub struct RedisLimiter {
 impl RedisLimiter {
     /// Starts the batcher (single node); needs a tokio runtime. It stops when the limiter drops.
     pub fn new(link: Arc<RedisLink>, local: MemoryLimiter) -> RedisLimiter {
+        RedisLimiter::with_queue(link, local, QUEUE)
+    }
+
+    /// `new` with room for `queue` waiting checks instead of 4,096 (tests fill it).
+    pub fn with_queue(link: Arc<RedisLink>, local: MemoryLimiter, queue: usize) -> RedisLimiter {
         let script = Arc::new(LuaScript::new(GCRA));
         let batches = match link.target() {
             RedisTarget::Single(_) => {
-                let (tx, rx) = mpsc::channel(QUEUE);
+                let (tx, rx) = mpsc::channel(queue);
                 tokio::spawn(batcher(link.clone(), script.clone(), rx));
                 Some(tx)
             }
