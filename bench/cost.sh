@@ -14,7 +14,7 @@
 #
 # Usage: bench/cost.sh           (from anywhere; root installs missing tools)
 # Settings, from the environment (and those of bench/lib.sh):
-#   CASES="ward haproxy nginx"   any of ward ward-jwt ward-jwt10k-nocache ward-redis haproxy
+#   CASES="ward haproxy nginx"   any of ward ward-bearer ward-jwt ward-jwt10k-nocache ward-redis haproxy
 #                                haproxy-jwt haproxy-jwt10k nginx (not ward-jwt10k: which of its
 #                                tokens are cached would depend on the run; its cached cost is
 #                                ward-jwt's). The *-jwt10k cases send distinct tokens in the query,
@@ -64,7 +64,7 @@ run_load() {
     if many_tokens "$c"; then
         # The same URIs (tokens in the query) for h1 and h2; the first names host and port.
         args+=(-i "$RUN_DIR/jwt/uris-$c.txt")
-    elif is_jwt "$c"; then
+    elif sends_token "$c"; then
         args+=(-H "authorization: Bearer $HOT_TOKEN" "$(url "$c" "$proto")")
     else
         args+=("$(url "$c" "$proto")")

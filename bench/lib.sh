@@ -9,6 +9,9 @@
 #   upstream              the upstream nginx directly, plain HTTP (h1; h2 as cleartext h2c)
 #   upstream-tls          the same nginx answering itself over TLS
 #   ward                  ward proxy with bench/ward-policy.yaml
+#   ward-bearer           ward with bench/ward-policy.yaml (no JWT stage) loaded with the hot token
+#                         of ward-jwt: the same bytes on the wire, forwarded unverified, so
+#                         ward-jwt against it is what verification itself costs
 #   ward-jwt              the same plus JWT verification (an ES256 issuer with a JWKS file; the
 #                         route requires auth), loaded with one hot token
 #   ward-jwt10k           the same, loaded with TOKENS (10,000) distinct valid tokens
@@ -24,7 +27,7 @@
 #
 # Settings, from the environment (besides the caller's own):
 #   LOAD_CPU=0 PROXY_CPU=1    cores for the load generator and for the servers
-#   PORT_BASE=18080           ports PORT_BASE..PORT_BASE+18 on 127.0.0.1 (+38 with WARD_BIN_B)
+#   PORT_BASE=18080           ports PORT_BASE..PORT_BASE+20 on 127.0.0.1 (+40 with WARD_BIN_B)
 #   WARD_BIN=target/release/ward   built (under flock /tmp/ward-cargo.lock) if missing
 #   WARD_BIN_B=PATH another ward binary (a before/after comparison in one interleaved run): every
 #                   ward case X then also exists as X-b, the same case served by WARD_BIN_B
@@ -56,7 +59,7 @@ WARD_POLICY_EXTRA=${WARD_POLICY_EXTRA:-}
 # environment (valgrind's %q{BENCH_CASE} names its output after it).
 WRAP=()
 
-ALL_CASES="upstream upstream-tls ward ward-jwt ward-jwt10k ward-jwt10k-nocache ward-jwt-rev ward-redis haproxy haproxy-jwt haproxy-jwt10k nginx"
+ALL_CASES="upstream upstream-tls ward ward-bearer ward-jwt ward-jwt10k ward-jwt10k-nocache ward-jwt-rev ward-redis haproxy haproxy-jwt haproxy-jwt10k nginx"
 
 # The JWT issuer of the JWT cases (bench/jwt.py signs for it).
 export JWT_ISSUER=https://issuer.bench.test JWT_AUDIENCE=ward-bench
@@ -78,6 +81,7 @@ declare -A CASE_PORT=(
     [ward-jwt10k-nocache]=$((PORT_BASE + 13))
     [ward-redis]=$((PORT_BASE + 15))
     [ward-jwt-rev]=$((PORT_BASE + 17))
+    [ward-bearer]=$((PORT_BASE + 19))
 )
 # The -b cases (WARD_BIN_B): their ward case's ports plus 20.
 if [[ -n $WARD_BIN_B ]]; then
@@ -103,6 +107,8 @@ uses_redis() { [[ $(base_case "$1") == ward-redis ]]; }
 is_haproxy() { [[ $1 == haproxy* ]]; }
 is_jwt() { [[ $1 == *-jwt* ]]; }
 many_tokens() { [[ $1 == *-jwt10k* ]]; }
+# sends_token CASE: the load carries a bearer token (the JWT cases, and ward-bearer unverified).
+sends_token() { is_jwt "$1" || [[ $(base_case "$1") == ward-bearer ]]; }
 any_case() { # any_case PREDICATE: true if some case in CASES satisfies it
     local c
     for c in $CASES; do "$1" "$c" && return 0; done
@@ -136,7 +142,7 @@ ensure_tools() {
     command -v nginx >/dev/null || missing+=(nginx-light)
     if any_case is_haproxy && ! command -v haproxy >/dev/null; then missing+=(haproxy); fi
     if any_case uses_redis && ! command -v redis-cli >/dev/null; then missing+=(redis-tools); fi
-    if any_case is_jwt && [[ -z $(find_python) ]]; then missing+=(python3-cryptography); fi
+    if any_case sends_token && [[ -z $(find_python) ]]; then missing+=(python3-cryptography); fi
     command -v openssl >/dev/null || missing+=(openssl)
     command -v curl >/dev/null || missing+=(curl)
     command -v envsubst >/dev/null || missing+=(gettext-base)
@@ -159,7 +165,7 @@ ensure_tools() {
         if [[ -n $own_policy_rc ]]; then rm -f /usr/sbin/policy-rc.d; fi
     fi
     PYTHON=$(find_python)
-    if any_case is_jwt && [[ -z $PYTHON ]]; then die "no python3 with the cryptography package"; fi
+    if any_case sends_token && [[ -z $PYTHON ]]; then die "no python3 with the cryptography package"; fi
 }
 
 ensure_ward() {
@@ -349,7 +355,7 @@ make_cert() {
 # tokens in RUN_DIR/jwt. Also, for h2load (which sends the same headers on every request), a
 # URI file per case carrying the tokens in the query (?access_token=).
 make_tokens() {
-    any_case is_jwt || return 0
+    any_case sends_token || return 0
     "$PYTHON" "$BENCH_DIR/jwt.py" "$RUN_DIR/jwt" "$TOKENS" || die "bench/jwt.py failed"
     export JWT_PUBKEY=$RUN_DIR/jwt/pubkey.pem
     HOT_TOKEN=$(cat "$RUN_DIR/jwt/token-hot.txt")
@@ -557,7 +563,7 @@ load() {
             if many_tokens "$c"; then
                 args=(-s "$BENCH_DIR/tokens.lua")
                 post=(-- "$RUN_DIR/jwt/tokens.txt")
-            elif is_jwt "$c"; then
+            elif sends_token "$c"; then
                 args=(-H "Authorization: Bearer $HOT_TOKEN")
             fi
             bounded $((secs + 30)) "$out" \
@@ -587,7 +593,7 @@ load() {
             if many_tokens "$c"; then
                 args=(-i "$RUN_DIR/jwt/uris-$c.txt")
                 u=
-            elif is_jwt "$c"; then
+            elif sends_token "$c"; then
                 args=(-H "authorization: Bearer $HOT_TOKEN")
             fi
             bounded $((secs + 30)) "$out" \
