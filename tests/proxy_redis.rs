@@ -276,33 +276,46 @@ async fn a_redis_that_answers_garbage_is_an_outage() {
     assert_eq!(p.metric("ward_redis_up").await, 0.0);
 }
 
+/// The Redis rate limiter on the machine's Redis, outside any proxy, with room for `queue`
+/// waiting checks.
+fn limiter_alone(
+    prefix: &str,
+    metrics: &ward::telemetry::Metrics,
+    queue: usize,
+) -> ward::limit::RedisLimiter {
+    use ward::limit::{MemoryLimiter, RedisLimiter};
+    use ward::redis_link::RedisLink;
+    let link = RedisLink::connect(
+        "redis://127.0.0.1:6379".parse().unwrap(),
+        prefix,
+        metrics.redis.clone(),
+    )
+    .unwrap();
+    RedisLimiter::with_queue(
+        std::sync::Arc::new(link),
+        MemoryLimiter::new(100, metrics.rate_limit_keys_evicted.clone()),
+        queue,
+    )
+}
+
+fn redis_tuning() -> ward::policy::RedisTuning {
+    ward::policy::RedisTuning {
+        timeout: Duration::from_secs(2),
+        breaker_failures: 3,
+        breaker_cooldown: Duration::from_secs(1),
+    }
+}
+
 /// One call decides a whole batch in arrival order: several keys with their own quotas, one of
 /// them asked five times (sent once with a count), each check with its own exact answer.
 #[tokio::test]
 async fn one_redis_call_decides_a_batch_of_keys_in_arrival_order() {
-    use std::sync::Arc;
-    use ward::limit::{Fallback, MemoryLimiter, Quota, RedisLimiter, Source};
-    use ward::redis_link::RedisLink;
+    use ward::limit::{Fallback, Quota, Source};
 
     let prefix = prefix();
     let metrics = ward::telemetry::Metrics::new();
-    let link = Arc::new(
-        RedisLink::connect(
-            "redis://127.0.0.1:6379".parse().unwrap(),
-            &prefix,
-            metrics.redis.clone(),
-        )
-        .unwrap(),
-    );
-    let limiter = RedisLimiter::new(
-        link,
-        MemoryLimiter::new(100, metrics.rate_limit_keys_evicted.clone()),
-    );
-    let tuning = ward::policy::RedisTuning {
-        timeout: Duration::from_secs(2),
-        breaker_failures: 3,
-        breaker_cooldown: Duration::from_secs(1),
-    };
+    let limiter = limiter_alone(&prefix, &metrics, 4096);
+    let tuning = redis_tuning();
     let quota = |limit| Quota {
         limit,
         period: Duration::from_secs(3600),
@@ -372,30 +385,12 @@ async fn one_redis_call_decides_a_batch_of_keys_in_arrival_order() {
 /// for it, so its limit's fallback decides (the local share, or 503), and it is counted.
 #[tokio::test]
 async fn a_full_queue_is_an_outage_and_each_limit_s_fallback_decides() {
-    use std::sync::Arc;
-    use ward::limit::{Fallback, MemoryLimiter, Quota, RedisLimiter, Source};
-    use ward::redis_link::RedisLink;
+    use ward::limit::{Fallback, Quota, Source};
 
     let prefix = prefix();
     let metrics = ward::telemetry::Metrics::new();
-    let link = Arc::new(
-        RedisLink::connect(
-            "redis://127.0.0.1:6379".parse().unwrap(),
-            &prefix,
-            metrics.redis.clone(),
-        )
-        .unwrap(),
-    );
-    let limiter = RedisLimiter::with_queue(
-        link,
-        MemoryLimiter::new(100, metrics.rate_limit_keys_evicted.clone()),
-        2,
-    );
-    let tuning = ward::policy::RedisTuning {
-        timeout: Duration::from_secs(2),
-        breaker_failures: 3,
-        breaker_cooldown: Duration::from_secs(1),
-    };
+    let limiter = limiter_alone(&prefix, &metrics, 2);
+    let tuning = redis_tuning();
     let quota = Quota {
         limit: 100,
         period: Duration::from_secs(3600),
