@@ -66,7 +66,7 @@ pub struct Pending {
 pub async fn read_body(
     route: &Route,
     headers: &HeaderMap,
-    body: Incoming,
+    mut body: Incoming,
     deadline: Duration,
 ) -> Result<InBody, Rejection> {
     let bound = match (&route.refresh, &route.lockout) {
@@ -79,7 +79,6 @@ pub async fn read_body(
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let mut body = body;
     if declared.is_some_and(|n| n > bound as u64) {
         // Nothing read. A client that asked to continue waits for this answer and sends
         // nothing; any other is sending now and may finish (within bounds) to read it.
