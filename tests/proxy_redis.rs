@@ -307,7 +307,9 @@ fn redis_tuning() -> ward::policy::RedisTuning {
 }
 
 /// One call decides a whole batch in arrival order: several keys with their own quotas, one of
-/// them asked five times (sent once with a count), each check with its own exact answer.
+/// them asked five times (sent once with a count), each check with its own exact answer. The
+/// first check finds nothing waiting or in flight and makes its own call at once; the nine that
+/// arrive while it is in flight go as one batch.
 #[tokio::test]
 async fn one_redis_call_decides_a_batch_of_keys_in_arrival_order() {
     use ward::limit::{Fallback, Quota, Source};
@@ -323,7 +325,8 @@ async fn one_redis_call_decides_a_batch_of_keys_in_arrival_order() {
     let asks = [("a", 3), ("b", 2), ("a", 3), ("a", 3), ("c", 1), ("b", 2)]
         .into_iter()
         .chain([("a", 3), ("a", 3), ("b", 2), ("c", 1)]);
-    // Polled together in one task: every check is queued before the batcher takes them.
+    // Polled together in one task: the first is sent, the others are queued before the batcher
+    // takes them.
     let checks = asks.map(|(key, limit)| {
         let (limiter, tuning) = (&limiter, &tuning);
         async move {
@@ -373,8 +376,8 @@ async fn one_redis_call_decides_a_batch_of_keys_in_arrival_order() {
             metrics.redis.batch_size.get_sample_count(),
             metrics.redis.batch_size.get_sample_sum()
         ),
-        (1, 10.0),
-        "ten checks, one Redis call"
+        (2, 10.0),
+        "ten checks: the first alone at once, then one Redis call for the nine others"
     );
     for key in ["a", "b", "c"] {
         redis_cli(&["del", &format!("{prefix}:rl:{{{key}}}")]).await;
@@ -382,7 +385,8 @@ async fn one_redis_call_decides_a_batch_of_keys_in_arrival_order() {
 }
 
 /// A check that finds the batcher's queue full does not wait: Redis is treated as unavailable
-/// for it, so its limit's fallback decides (the local share, or 503), and it is counted.
+/// for it, so its limit's fallback decides (the local share, or 503), and it is counted. The
+/// first check, with nothing waiting or in flight, makes its own call and takes no room.
 #[tokio::test]
 async fn a_full_queue_is_an_outage_and_each_limit_s_fallback_decides() {
     use ward::limit::{Fallback, Quota, Source};
@@ -396,7 +400,8 @@ async fn a_full_queue_is_an_outage_and_each_limit_s_fallback_decides() {
         period: Duration::from_secs(3600),
     };
     let local = Fallback::Local { share: 0.5 };
-    // Polled together in one task: the first two fill the queue before the batcher runs.
+    // Polled together in one task: the first goes alone, the next two fill the queue before the
+    // batcher runs.
     let fallbacks = [local, local, local, local, Fallback::Deny, Fallback::Deny];
     let checks = fallbacks.map(|fallback| {
         let (limiter, tuning) = (&limiter, &tuning);
@@ -412,18 +417,22 @@ async fn a_full_queue_is_an_outage_and_each_limit_s_fallback_decides() {
         [
             Some(Source::Redis),
             Some(Source::Redis),
-            Some(Source::LocalFallback),
+            Some(Source::Redis),
             Some(Source::LocalFallback),
             None,
             None
         ],
-        "two queued and decided in Redis; the rest fell back (local share, then deny)"
+        "one alone and two queued, decided in Redis; the rest fell back (local share, then deny)"
     );
-    let local_remaining: Vec<_> = answers[2..4]
+    let remaining: Vec<_> = answers[..4]
         .iter()
         .map(|a| a.as_ref().unwrap().decision.remaining)
         .collect();
-    assert_eq!(local_remaining, [49, 48], "the local share is half of 100");
+    assert_eq!(
+        remaining,
+        [99, 98, 97, 49],
+        "Redis counts 100 in turn; the local share is half of 100"
+    );
     for denied in &answers[4..] {
         assert_eq!(
             denied.as_ref().unwrap_err().retry_after,
@@ -436,7 +445,26 @@ async fn a_full_queue_is_an_outage_and_each_limit_s_fallback_decides() {
             .errors
             .with_label_values(&["rate_limit", "queue_full"])
             .get(),
-        4
+        3
     );
+    // A check given up while in flight is no longer pending: with nothing else waiting, the next
+    // burst's first check goes alone again and the queue holds two more.
+    let given_up =
+        futures_util::FutureExt::now_or_never(limiter.check("k", quota, Fallback::Deny, &tuning));
+    assert!(
+        given_up.is_none(),
+        "polled once and dropped before Redis answered"
+    );
+    let checks = [(); 4].map(|()| {
+        let (limiter, tuning) = (&limiter, &tuning);
+        async move { limiter.check("k", quota, Fallback::Deny, tuning).await }
+    });
+    let sources: Vec<_> = futures_util::future::join_all(checks)
+        .await
+        .iter()
+        .map(|a| a.as_ref().map(|c| c.source).ok())
+        .collect();
+    let redis = Some(Source::Redis);
+    assert_eq!(sources, [redis, redis, redis, None]);
     redis_cli(&["del", &format!("{prefix}:rl:{{k}}")]).await;
 }
