@@ -8,10 +8,11 @@
 //! (one round trip, one answer); a key asked several times goes once with a count. A check that
 //! finds no other waiting or in flight skips the batcher and makes its own call, so at low load a
 //! decision is one hand-off to the Redis connection and back, not three task hand-offs more.
-//! Under load one call carries many, which saves most of the per-call cost on both sides (callgrind: the Redis limit cost ward ~12,000 instructions
-//! per request with one call per decision, ~2,300 batched; Redis's own CPU per request fell
-//! from ~17 to ~4-6 µs, bench/results/proxy-redis-batch.txt). On a Redis Cluster each decision is
-//! its own call: one script's keys must share a slot.
+//! Under load one call carries many, which saves most of the per-call cost on both sides
+//! (callgrind: the Redis limit cost ward ~12,000 instructions per request with one call per
+//! decision, ~2,300 batched; Redis's own CPU per request fell from ~17 to ~4-6 µs,
+//! bench/results/proxy-redis-batch.txt). On a Redis Cluster each decision is its own call: one
+//! script's keys must share a slot.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
