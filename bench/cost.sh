@@ -22,8 +22,10 @@
 #   PROTOCOLS="h1 h2"            h1: h2load --h1; h2: h2load, 1 stream per connection;
 #                                h2m10: 10 concurrent streams per connection
 #   REQUESTS=2000 REQUESTS_SHORT=200 WARMUP_REQUESTS=200 CONNECTIONS=16
-#   CG_OPTS=                     more callgrind options (CG_OPTS=--cache-sim=yes CG_DIR=/tmp/cg:
-#                                simulated cache misses in the kept dumps)
+#   CACHE_SIM=                   1: also simulate the caches (callgrind --cache-sim=yes) and report
+#                                first-level instruction and data cache misses per request beside
+#                                the instructions: code layout shows there, not in instruction counts
+#   CG_OPTS=                     more callgrind options (CG_DIR=/tmp/cg keeps the dumps)
 #   BREAKDOWN=                   1: also where the instructions go, per case and protocol:
 #                                by component (self cost) and the top functions (inclusive)
 #   RESULTS=bench/results/cost   writes RESULTS.csv and RESULTS.txt (the printed report);
@@ -48,7 +50,9 @@ NGINX_SINGLE_PROCESS=1
 CG_DIR=${CG_DIR:-$RUN_DIR/callgrind}   # CG_DIR=/path keeps the callgrind files
 # CG_OPTS: more callgrind options, e.g. "--cache-sim=yes" (simulated cache misses, in the dumps
 # kept with CG_DIR; the instruction counts stay the first event and are unchanged).
+CACHE_SIM=${CACHE_SIM:-}
 read -r -a CG_EXTRA <<<"${CG_OPTS:-}"
+if [[ -n $CACHE_SIM ]]; then CG_EXTRA+=(--cache-sim=yes); fi
 WRAP=(valgrind --tool=callgrind --quiet ${CG_EXTRA[@]+"${CG_EXTRA[@]}"} "--callgrind-out-file=$CG_DIR/%q{BENCH_CASE}.%p.out")
 
 # run_load CASE PROTO N: N requests over CONNECTIONS new connections, on the load core.
@@ -81,9 +85,11 @@ run_load() {
 }
 
 # counted CASE PROTO N: zero the counters of CASE's processes, run N requests, dump; writes the
-# instructions counted and the dump files (one per process) to RUN_DIR/counted.
+# instructions counted and the dump files (one per process) to RUN_DIR/counted, and the simulated
+# first-level instruction and data cache read misses (0 without CACHE_SIM) to RUN_DIR/misses.
 counted() {
-    local c=$1 proto=$2 n=$3 pid total=0 f last
+    local c=$1 proto=$2 n=$3 pid total=0 i1=0 d1=0 f last
+    local -a m
     local -a pids files=()
     mapfile -t pids < <(pids_of "$c")
     for pid in "${pids[@]}"; do callgrind_control -z "$pid" >/dev/null 2>&1 || die "callgrind_control -z $pid failed"; done
@@ -95,14 +101,21 @@ counted() {
         f=$CG_DIR/$c.$pid.out.$last
         [[ -n $last && -s $f ]] || die "no callgrind dump for $c ($pid)"
         total=$((total + $(awk '/^totals:/ {print $2; exit}' "$f")))
+        # The events line names the columns of the totals line (Ir first; I1mr, D1mr with the
+        # cache simulation).
+        read -r -a m < <(awk '/^events:/ {for (i = 2; i <= NF; i++) col[$i] = i}
+            /^totals:/ {print ("I1mr" in col ? $(col["I1mr"]) : 0), ("D1mr" in col ? $(col["D1mr"]) : 0); exit}' "$f")
+        i1=$((i1 + m[0]))
+        d1=$((d1 + m[1]))
         files+=("$f")
     done
     echo "$total ${files[*]}" >"$RUN_DIR/counted"
+    echo "$i1 $d1" >"$RUN_DIR/misses"
 }
 
 measure_case() {
-    local c=$1 proto short long fshort flong per
-    local -a a b
+    local c=$1 proto short long fshort flong per i1 d1
+    local -a a b ma mb
     mkdir -p "$CG_DIR"
     start_case "$c"
     wait_case "$c" 120
@@ -110,13 +123,20 @@ measure_case() {
         run_load "$c" "$proto" "$WARMUP_REQUESTS"
         counted "$c" "$proto" "$REQUESTS_SHORT"
         read -r -a a <"$RUN_DIR/counted"
+        read -r -a ma <"$RUN_DIR/misses"
         counted "$c" "$proto" $((REQUESTS_SHORT + REQUESTS))
         read -r -a b <"$RUN_DIR/counted"
+        read -r -a mb <"$RUN_DIR/misses"
         short=${a[0]}
         long=${b[0]}
         per=$(((long - short) / REQUESTS))
-        printf '%s\t%s\t%s\t%s\t%s\n' "$c" "$proto" "$per" "$short" "$long" >>"$RUN_DIR/cost.tsv"
-        log "$(printf '%-20s %-6s %10s instructions/request' "$c" "$proto" "$per")"
+        i1= d1=
+        if [[ -n $CACHE_SIM ]]; then
+            i1=$(((mb[0] - ma[0]) / REQUESTS))
+            d1=$(((mb[1] - ma[1]) / REQUESTS))
+        fi
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$proto" "$per" "$short" "$long" "$i1" "$d1" >>"$RUN_DIR/cost.tsv"
+        log "$(printf '%-20s %-6s %10s instructions/request%s' "$c" "$proto" "$per" "${CACHE_SIM:+, $i1 I1 and $d1 D1 misses}")"
         if [[ -n $BREAKDOWN ]]; then
             # The process that does the work: the one whose count grew the most (nginx's worker).
             local i best=1 grow bestgrow=-1
@@ -148,25 +168,34 @@ measure_case() {
 }
 
 report() {
-    local c proto per hap
+    local c proto
     printf '\nInstructions per request (callgrind; user space, all threads), %s requests over %s keep-alive\n' \
         "$REQUESTS" "$CONNECTIONS"
     printf 'connections after %s of warm-up; the difference of two runs (%s and %s requests), so\n' \
         "$WARMUP_REQUESTS" "$REQUESTS_SHORT" $((REQUESTS_SHORT + REQUESTS))
     printf 'handshakes cancel out. /peer: against haproxy (haproxy-jwt, haproxy-jwt10k for the JWT cases).\n\n'
-    printf '%-20s %-6s %14s %9s\n' case proto instr/request /peer
+    if [[ -n $CACHE_SIM ]]; then
+        printf 'I1 / D1 misses: simulated first-level instruction / data cache read misses per request\n'
+        printf '(callgrind --cache-sim=yes, the caches valgrind reads off this CPU), /peer likewise.\n\n'
+    fi
+    printf '%-20s %-6s %14s %9s' case proto instr/request /peer
+    if [[ -n $CACHE_SIM ]]; then printf ' %12s %7s %12s %7s' 'I1 misses' /peer 'D1 misses' /peer; fi
+    printf '\n'
     for proto in $PROTOCOLS; do
         for c in $CASES; do
-            per=$(awk -F'\t' -v c="$c" -v p="$proto" '$1 == c && $2 == p {print $3}' "$RUN_DIR/cost.tsv")
             local peer=haproxy
             if is_jwt "$c"; then peer=haproxy-jwt; fi
             if many_tokens "$c" && has_case haproxy-jwt10k; then peer=haproxy-jwt10k; fi
-            hap=$(awk -F'\t' -v c="$peer" -v p="$proto" '$1 == c && $2 == p {print $3}' "$RUN_DIR/cost.tsv")
-            awk -v c="$c" -v p="$proto" -v n="$per" -v h="$hap" '
+            awk -F'\t' -v c="$c" -v p="$proto" -v peer="$peer" -v sim="$CACHE_SIM" '
                 function commas(x,   s) { s = sprintf("%d", x); while (s ~ /[0-9]{4}/) sub(/[0-9]{3}($|,)/, ",&", s); return s }
-                BEGIN {
-                r = (h == "" || h == 0) ? "-" : sprintf("%.2f", n / h)
-                printf "%-20s %-6s %14s %9s\n", c, p, commas(n), r }'
+                function ratio(n, h) { return (h == "" || h == 0) ? "-" : sprintf("%.2f", n / h) }
+                $1 == c && $2 == p { n = $3; i1 = $6; d1 = $7 }
+                $1 == peer && $2 == p { h = $3; hi1 = $6; hd1 = $7 }
+                END {
+                    printf "%-20s %-6s %14s %9s", c, p, commas(n), ratio(n, h)
+                    if (sim != "") printf " %12s %7s %12s %7s", commas(i1), ratio(i1, hi1), commas(d1), ratio(d1, hd1)
+                    printf "\n"
+                }' "$RUN_DIR/cost.tsv"
         done
     done
 }
@@ -208,7 +237,7 @@ main() {
     if [[ -n $RESULTS ]]; then
         mkdir -p "$(dirname "$RESULTS")"
         {
-            echo case,proto,instructions_per_request,instructions_short_run,instructions_long_run
+            echo case,proto,instructions_per_request,instructions_short_run,instructions_long_run,i1_misses_per_request,d1_misses_per_request
             tr '\t' , <"$RUN_DIR/cost.tsv"
         } >"$RESULTS.csv"
         cp "$RUN_DIR/report.txt" "$RESULTS.txt"
