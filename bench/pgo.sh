@@ -11,15 +11,17 @@
 # takes. Paths the training never takes (errors, reloads, the payments service) are built as
 # "cold" code: correct, but laid out away from the hot path.
 #
-# Usage: bench/pgo.sh              (root installs the benchmark's tools; rustup adds llvm-tools)
+# Usage: bench/pgo.sh              (root installs the benchmark's tools; rustup adds llvm-tools;
+#                                  the ward-redis case needs the Redis at REDIS_URL, as in proxy.sh)
 # Settings, from the environment:
 #   PGO_TARGET_DIR=target/pgo     cargo's target directory for both builds (kept apart from
 #                                 target/, so the ordinary release build stays as it is)
 #   TRAIN_SECONDS=4               seconds of each training load
 # Both builds take the build lock other engineers' builds take (flock /tmp/ward-cargo.lock): do not run
 # this script under it.
-# Output: $PGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/ward (the path is printed last) and
-# the merged profile beside it, ward.profdata.
+# Output: $PGO_TARGET_DIR/use/<target>/release/ward (the path is printed last) and the merged
+# profile, $PGO_TARGET_DIR/ward-<hash of its content>.profdata: the hash in the path puts it in
+# RUSTFLAGS, so cargo rebuilds everything when the profile changes (it tracks flags, not the file).
 set -Eeuo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -45,16 +47,21 @@ fi
 
 data=$(mktemp -d "${TMPDIR:-/tmp}/ward-pgo.XXXXXX")
 trap 'rm -rf "$data"' EXIT
+# A fixed directory for the raw profiles keeps RUSTFLAGS the same from run to run, so a second run
+# rebuilds only what changed.
+raw_dir=$PGO_TARGET_DIR/raw
+rm -rf "$raw_dir"
+mkdir -p "$raw_dir"
 
 log "instrumented build (RUSTFLAGS=-Cprofile-generate) into $PGO_TARGET_DIR/gen"
-(cd "$REPO_DIR" && RUSTFLAGS="-Cprofile-generate=$data/raw" flock /tmp/ward-cargo.lock \
+(cd "$REPO_DIR" && RUSTFLAGS="-Cprofile-generate=$raw_dir" flock /tmp/ward-cargo.lock \
     cargo build --release --locked --quiet --target "$TARGET" --target-dir "$PGO_TARGET_DIR/gen")
 gen_bin=$PGO_TARGET_DIR/gen/$TARGET/release/ward
 
 # Every ward the harness starts writes its counters when it exits (the harness stops servers with
 # SIGTERM, and ward's graceful shutdown returns from main): one file per process.
 log "training load: ${TRAIN_SECONDS}s per case and protocol"
-LLVM_PROFILE_FILE="$data/raw/ward-%p-%m.profraw" WARD_BIN=$gen_bin WARD_BIN_B= \
+LLVM_PROFILE_FILE="$raw_dir/ward-%p-%m.profraw" WARD_BIN=$gen_bin WARD_BIN_B= \
     ROUNDS=1 WARMUP=1 DURATION=$TRAIN_SECONDS RESULTS= TOKENS=${TOKENS:-10000} \
     CASES="ward ward-jwt ward-jwt10k ward-redis" PROTOCOLS="h1 h2 h2m10" \
     "$BENCH_DIR/proxy.sh" >"$data/train.txt" 2>&1 || {
@@ -65,14 +72,16 @@ LLVM_PROFILE_FILE="$data/raw/ward-%p-%m.profraw" WARD_BIN=$gen_bin WARD_BIN_B= \
 awk '$1 ~ /^ward/ && $2 ~ /^h[12]/ && $3 ~ /^[0-9]+$/ {printf "  %-12s %-6s %9s req/s\n", $1, $2, $3}' \
     "$data/train.txt" >&2
 shopt -s nullglob
-raw=("$data"/raw/ward-*.profraw)
+raw=("$raw_dir"/ward-*.profraw)
 ((${#raw[@]} > 0)) || die "the training left no profile (did ward exit cleanly?)"
-mkdir -p "$PGO_TARGET_DIR"
-"$profdata" merge -o "$PGO_TARGET_DIR/ward.profdata" "${raw[@]}"
-log "merged ${#raw[@]} profiles into $PGO_TARGET_DIR/ward.profdata"
+"$profdata" merge -o "$data/ward.profdata" "${raw[@]}"
+rm -f "$PGO_TARGET_DIR"/ward-*.profdata
+profile=$PGO_TARGET_DIR/ward-$(sha256sum "$data/ward.profdata" | cut -c1-16).profdata
+mv "$data/ward.profdata" "$profile"
+log "merged ${#raw[@]} profiles into $profile"
 
 log "optimised build (RUSTFLAGS=-Cprofile-use) into $PGO_TARGET_DIR/use"
-(cd "$REPO_DIR" && RUSTFLAGS="-Cprofile-use=$PGO_TARGET_DIR/ward.profdata" flock /tmp/ward-cargo.lock \
+(cd "$REPO_DIR" && RUSTFLAGS="-Cprofile-use=$profile" flock /tmp/ward-cargo.lock \
     cargo build --release --locked --quiet --target "$TARGET" --target-dir "$PGO_TARGET_DIR/use")
 out=$PGO_TARGET_DIR/use/$TARGET/release/ward
 [[ -x $out ]] || die "the optimised build did not produce $out"
