@@ -178,7 +178,7 @@ report() {
         printf 'I1 / D1 misses: simulated first-level instruction / data cache read misses per request\n'
         printf '(callgrind --cache-sim=yes, the caches valgrind reads off this CPU), /peer likewise.\n\n'
     fi
-    printf '%-20s %-6s %14s %9s' case proto instr/request /peer
+    printf '%-22s %-6s %14s %9s' case proto instr/request /peer
     if [[ -n $CACHE_SIM ]]; then printf ' %12s %7s %12s %7s' 'I1 misses' /peer 'D1 misses' /peer; fi
     printf '\n'
     for proto in $PROTOCOLS; do
@@ -192,7 +192,7 @@ report() {
                 $1 == c && $2 == p { n = $3; i1 = $6; d1 = $7 }
                 $1 == peer && $2 == p { h = $3; hi1 = $6; hd1 = $7 }
                 END {
-                    printf "%-20s %-6s %14s %9s", c, p, commas(n), ratio(n, h)
+                    printf "%-22s %-6s %14s %9s", c, p, commas(n), ratio(n, h)
                     if (sim != "") printf " %12s %7s %12s %7s", commas(i1), ratio(i1, hi1), commas(d1), ratio(d1, hd1)
                     printf "\n"
                 }' "$RUN_DIR/cost.tsv"
