@@ -48,8 +48,8 @@ RESULTS=${RESULTS-$BENCH_DIR/results/cost}
 # (master_process off: the worker's code, without a master).
 NGINX_SINGLE_PROCESS=1
 CG_DIR=${CG_DIR:-$RUN_DIR/callgrind}   # CG_DIR=/path keeps the callgrind files
-# CG_OPTS: more callgrind options, e.g. "--cache-sim=yes" (simulated cache misses, in the dumps
-# kept with CG_DIR; the instruction counts stay the first event and are unchanged).
+# CG_OPTS: more callgrind options (CACHE_SIM=1 adds --cache-sim=yes; the instruction counts stay
+# the first event of the dumps and are unchanged).
 CACHE_SIM=${CACHE_SIM:-}
 read -r -a CG_EXTRA <<<"${CG_OPTS:-}"
 if [[ -n $CACHE_SIM ]]; then CG_EXTRA+=(--cache-sim=yes); fi
@@ -89,8 +89,7 @@ run_load() {
 # first-level instruction and data cache read misses (0 without CACHE_SIM) to RUN_DIR/misses.
 counted() {
     local c=$1 proto=$2 n=$3 pid total=0 i1=0 d1=0 f last
-    local -a m
-    local -a pids files=()
+    local -a m pids files=()
     mapfile -t pids < <(pids_of "$c")
     for pid in "${pids[@]}"; do callgrind_control -z "$pid" >/dev/null 2>&1 || die "callgrind_control -z $pid failed"; done
     run_load "$c" "$proto" "$n"
@@ -136,7 +135,7 @@ measure_case() {
             d1=$(((mb[1] - ma[1]) / REQUESTS))
         fi
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$proto" "$per" "$short" "$long" "$i1" "$d1" >>"$RUN_DIR/cost.tsv"
-        log "$(printf '%-20s %-6s %10s instructions/request%s' "$c" "$proto" "$per" "${CACHE_SIM:+, $i1 I1 and $d1 D1 misses}")"
+        log "$(printf '%-22s %-6s %10s instructions/request%s' "$c" "$proto" "$per" "${CACHE_SIM:+, $i1 I1 and $d1 D1 misses}")"
         if [[ -n $BREAKDOWN ]]; then
             # The process that does the work: the one whose count grew the most (nginx's worker).
             local i best=1 grow bestgrow=-1
