@@ -18,7 +18,8 @@
 #   ward-jwt10k-nocache   the same with identity.cache.max_entries: 0 (a signature check per request)
 #   ward-jwt-rev          ward-jwt plus the revocation check of every verified token (sessions.revocation,
 #                         the in-process copy; issue 7), loaded with the hot token
-#   ward-redis            ward-policy.yaml with the per-IP limit kept in Redis (REDIS_URL)
+#   ward-redis            ward-policy.yaml with the per-IP limit kept in Redis (REDIS_URL, or the
+#                         harness's own redis-server on the load generator's core)
 #   haproxy               HAProxy with bench/haproxy.cfg
 #   haproxy-jwt           the same plus jwt_verify ES256 and the claim checks HAProxy can express,
 #                         loaded with the hot token
@@ -27,11 +28,19 @@
 #
 # Settings, from the environment (besides the caller's own):
 #   LOAD_CPU=0 PROXY_CPU=1    cores for the load generator and for the servers
-#   PORT_BASE=18080           ports PORT_BASE..PORT_BASE+20 on 127.0.0.1 (+40 with WARD_BIN_B)
+#   PORT_BASE=18080           ports PORT_BASE..PORT_BASE+20 on 127.0.0.1 (+40 with WARD_BIN_B;
+#                             PORT_BASE+41: the harness's own Redis)
 #   WARD_BIN=target/release/ward   built (under flock /tmp/ward-cargo.lock) if missing
 #   WARD_BIN_B=PATH another ward binary (a before/after comparison in one interleaved run): every
 #                   ward case X then also exists as X-b, the same case served by WARD_BIN_B
-#   REDIS_URL=redis://127.0.0.1:6379   for ward-redis; its keys get a random prefix, deleted at exit
+#   REDIS_URL=      for ward-redis. Empty (the default): the harness starts its own redis-server
+#                   (nothing kept on disk) on 127.0.0.1:PORT_BASE+41, pinned to REDIS_CPU, and
+#                   stops it at exit. A URL (redis://127.0.0.1:6379): that Redis as it is, where
+#                   the scheduler puts it; its keys get a random prefix, deleted at exit
+#   REDIS_CPU=LOAD_CPU   the core of the harness's own Redis: the load generator's, so that Redis
+#                   never takes the proxy's core from it (as a Redis on another host would not);
+#                   left to the scheduler, it ran on the servers' core in bursts and added up to
+#                   0.4 ms to ward-redis's p99 that ward did not spend
 #   TOKENS=10000    distinct tokens for the *-jwt10k cases
 #   KEEP=DIR        keep the raw outputs, logs, rendered configs and tokens in DIR (never a
 #                   private key: the TLS key is removed, the JWT key never touches the disk)
@@ -45,7 +54,9 @@ PORT_BASE=${PORT_BASE:-18080}
 WARD_BIN=${WARD_BIN:-$REPO_DIR/target/release/ward}
 WARD_BIN_B=${WARD_BIN_B:-}
 KEEP=${KEEP:-}
-REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+REDIS_URL=${REDIS_URL:-}
+REDIS_CPU=${REDIS_CPU:-$LOAD_CPU}
+OWN_REDIS_PORT=$((PORT_BASE + 41))
 TOKENS=${TOKENS:-10000}
 # HAProxy's maxconn and nginx's worker_connections (idle.sh raises them).
 export MAXCONN=${MAXCONN:-4096}
@@ -142,6 +153,7 @@ ensure_tools() {
     command -v nginx >/dev/null || missing+=(nginx-light)
     if any_case is_haproxy && ! command -v haproxy >/dev/null; then missing+=(haproxy); fi
     if any_case uses_redis && ! command -v redis-cli >/dev/null; then missing+=(redis-tools); fi
+    if any_case uses_redis && [[ -z $REDIS_URL ]] && ! command -v redis-server >/dev/null; then missing+=(redis-server); fi
     if any_case sends_token && [[ -z $(find_python) ]]; then missing+=(python3-cryptography); fi
     command -v openssl >/dev/null || missing+=(openssl)
     command -v curl >/dev/null || missing+=(curl)
@@ -209,8 +221,9 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
-    if any_case uses_redis && command -v redis-cli >/dev/null; then
-        # The limiter's keys expire by themselves; delete whatever is left of this run's.
+    if any_case uses_redis && [[ -z ${PIDS[redis]:-} && -n $REDIS_URL ]] && command -v redis-cli >/dev/null; then
+        # The limiter's keys expire by themselves; delete whatever is left of this run's (the
+        # harness's own Redis is gone with its keys).
         timeout 30 redis-cli -u "$REDIS_URL" --scan --pattern "$REDIS_PREFIX:*" 2>/dev/null |
             timeout 30 xargs -r -n 500 redis-cli -u "$REDIS_URL" del >/dev/null 2>&1 || true
     fi
@@ -235,6 +248,23 @@ start() {
     # Appending, so that truncate_logs can empty the file under the server.
     taskset -c "$PROXY_CPU" "$@" >>"$RUN_DIR/$name.out" 2>&1 &
     PIDS[$name]=$!
+}
+
+# start_redis: the harness's own Redis for ward-redis when REDIS_URL is empty (see the settings),
+# on REDIS_CPU; sets REDIS_URL. Stopped with the other servers at exit.
+start_redis() {
+    any_case uses_redis && [[ -z $REDIS_URL ]] || return 0
+    port_free "$OWN_REDIS_PORT" || die "127.0.0.1:$OWN_REDIS_PORT is in use (set PORT_BASE, or REDIS_URL)"
+    taskset -c "$REDIS_CPU" redis-server --bind 127.0.0.1 --port "$OWN_REDIS_PORT" --save "" \
+        --appendonly no --daemonize no >>"$RUN_DIR/redis.out" 2>&1 &
+    PIDS[redis]=$!
+    wait_port redis "$OWN_REDIS_PORT"
+    REDIS_URL=redis://127.0.0.1:$OWN_REDIS_PORT
+}
+
+# redis_placement: where ward-redis's Redis runs, for reports.
+redis_placement() {
+    if [[ -n ${PIDS[redis]:-} ]]; then echo "the harness's own, on core $REDIS_CPU"; else echo "$REDIS_URL, unpinned"; fi
 }
 
 # stop NAME: stop one server we started (TERM, then KILL after 10 s).
@@ -463,6 +493,7 @@ start_upstream() {
         port_free "$port" || die "127.0.0.1:$port is in use (set PORT_BASE)"
     done
     make_tokens
+    start_redis
     render "$BENCH_DIR/upstream-nginx.conf" "$RUN_DIR/upstream-nginx.conf"
     start upstream nginx -p "$RUN_DIR" -c "$RUN_DIR/upstream-nginx.conf"
     wait_port upstream "$UPSTREAM_PORT"

@@ -319,7 +319,7 @@ report() {
 notes() {
     local proto c line
     if has_case ward-redis; then
-        printf '\nward-redis, Redis server (unpinned, not in cpu_us/req or srv%%): '
+        printf '\nward-redis, Redis server (%s, not in cpu_us/req or srv%%): ' "$(redis_placement)"
         for proto in $PROTOCOLS; do
             printf '%s %s us/req and %s calls/req; ' "$proto" "$(column ward-redis "$proto" 12)" "$(column ward-redis "$proto" 13)"
         done
