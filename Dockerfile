@@ -5,17 +5,21 @@
 # Kubernetes). Production runs `ward proxy` / `ward payments` with files from Secrets and a
 # ConfigMap: see helm/ward and certs/README.md. No key, certificate or secret is in any layer.
 
-# ---- build: the same `cargo build --release --locked` that .ci/run runs ----
+# ---- build: the same .ci/release-build that .ci/run runs ----
+# `cargo build --release --locked`, on x86_64 with the committed profile-guided optimisation
+# profile (bench/pgo/; see bench/pgo.sh): the same code, laid out along the hot request path.
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 
 # Dependencies in their own layer: the manifests with stub sources, built once and cached until
-# Cargo.toml or Cargo.lock changes.
+# Cargo.toml, Cargo.lock or the profile changes.
 COPY Cargo.toml Cargo.lock ./
+COPY .ci/release-build ./.ci/release-build
+COPY bench/pgo ./bench/pgo
 RUN mkdir -p src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \
- && cargo build --release --locked \
+ && .ci/release-build \
  && rm -rf src
 
 # The project itself: only what the binary is built from (see .dockerignore).
@@ -23,7 +27,7 @@ COPY src ./src
 COPY policies ./policies
 # Newer than the stub's build, so cargo rebuilds the crate itself.
 RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked
+ && .ci/release-build
 
 # ---- run: glibc and libgcc only; no shell, no package manager ----
 FROM gcr.io/distroless/cc-debian12:nonroot

@@ -12,11 +12,15 @@
 # "cold" code: correct, but laid out away from the hot path.
 #
 # Usage: bench/pgo.sh              (root installs the benchmark's tools; rustup adds llvm-tools;
-#                                  the ward-redis case needs the Redis at REDIS_URL, as in proxy.sh)
+#                                  the ward-redis case starts its own redis-server, as in proxy.sh)
 # Settings, from the environment:
 #   PGO_TARGET_DIR=target/pgo     cargo's target directory for both builds (kept apart from
 #                                 target/, so the ordinary release build stays as it is)
 #   TRAIN_SECONDS=4               seconds of each training load
+#   SAVE_PROFILE=1                also write the profile that the image and CI build with
+#                                 (.ci/release-build): bench/pgo/<target>.profdata, sparse (only
+#                                 the functions the training ran; 1.4 MB instead of 11), and
+#                                 bench/pgo/<target>.txt, what it was made from; commit both
 # Both builds take the build lock other engineers' builds take (flock /tmp/ward-cargo.lock): do not run
 # this script under it.
 # Output: $PGO_TARGET_DIR/use/<target>/release/ward (the path is printed last) and the merged
@@ -79,6 +83,21 @@ rm -f "$PGO_TARGET_DIR"/ward-*.profdata
 profile=$PGO_TARGET_DIR/ward-$(sha256sum "$data/ward.profdata" | cut -c1-16).profdata
 mv "$data/ward.profdata" "$profile"
 log "merged ${#raw[@]} profiles into $profile"
+if [[ -n ${SAVE_PROFILE:-} ]]; then
+    saved=$BENCH_DIR/pgo/$TARGET.profdata
+    mkdir -p "$BENCH_DIR/pgo"
+    "$profdata" merge --sparse -o "$saved" "$profile"
+    {
+        printf 'bench/pgo/%s.profdata: made by SAVE_PROFILE=1 bench/pgo.sh\n' "$TARGET"
+        printf 'sources: %s%s\n' "$(git -C "$REPO_DIR" rev-parse --short HEAD)" \
+            "$(git -C "$REPO_DIR" diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' (with uncommitted changes to src or Cargo files)')"
+        printf 'date: %s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+        printf 'rustc: %s\n' "$(rustc -V)"
+        printf 'training (%s s per case and protocol, req/s of the instrumented build):\n' "$TRAIN_SECONDS"
+        awk '$1 ~ /^ward/ && $2 ~ /^h[12]/ && $3 ~ /^[0-9]+$/ {printf "  %-12s %-6s %9s\n", $1, $2, $3}' "$data/train.txt"
+    } >"$BENCH_DIR/pgo/$TARGET.txt"
+    log "saved the sparse profile as $saved (commit it with bench/pgo/$TARGET.txt)"
+fi
 
 log "optimised build (RUSTFLAGS=-Cprofile-use) into $PGO_TARGET_DIR/use"
 (cd "$REPO_DIR" && RUSTFLAGS="-Cprofile-use=$profile" flock /tmp/ward-cargo.lock \
