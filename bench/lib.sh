@@ -37,10 +37,12 @@
 #                   (nothing kept on disk) on 127.0.0.1:PORT_BASE+41, pinned to REDIS_CPU, and
 #                   stops it at exit. A URL (redis://127.0.0.1:6379): that Redis as it is, where
 #                   the scheduler puts it; its keys get a random prefix, deleted at exit
-#   REDIS_CPU=LOAD_CPU   the core of the harness's own Redis: the load generator's, so that Redis
-#                   never takes the proxy's core from it (as a Redis on another host would not);
-#                   left to the scheduler, it ran on the servers' core in bursts and added up to
-#                   0.4 ms to ward-redis's p99 that ward did not spend
+#   REDIS_CPU=LOAD_CPU   the cores of the harness's own Redis (a taskset list): the load generator's,
+#                   so that Redis never takes the proxy's core from it (as a Redis on another host
+#                   would not): left to the scheduler, it ran on the servers' core in bursts and
+#                   added up to 0.4 ms to ward-redis's p99 that ward did not spend. REDIS_CPU=0,1
+#                   leaves it to the scheduler, which serves one connection better: the same core
+#                   wakes Redis sooner than a sleeping one (bench/README.md, "Cores")
 #   TOKENS=10000    distinct tokens for the *-jwt10k cases
 #   KEEP=DIR        keep the raw outputs, logs, rendered configs and tokens in DIR (never a
 #                   private key: the TLS key is removed, the JWT key never touches the disk)
